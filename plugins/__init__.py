@@ -1,0 +1,1 @@
+"""Built-in Control Center plugins: process, storage and api."""

@@ -1,0 +1,1 @@
+"""API component plugin (reference API server)."""

@@ -1,0 +1,97 @@
+"""The generic component: supervise any program.
+
+    [components.worker]
+    plugin = "process"
+    command = ["{python}", "worker.py"]   # or one string, split like a shell;
+                                          # "{python}" is the supervisor's own
+                                          # interpreter (sys.executable)
+    cwd = "."                             # relative to config.toml's directory
+    env = { LOG_LEVEL = "info" }          # merged over the supervisor's env
+    health_url = "http://127.0.0.1:8080/health"   # optional: 2xx = healthy
+    health_tcp = "127.0.0.1:8080"                 # optional: connect = healthy
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from core import ComponentInfo, Launch, OptionError, OptionReader, Probe, hookimpl
+
+
+def _host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise OptionError(key, f'expected "host:port", got {value!r}')
+    return host, int(port)
+
+
+def read_options(options: Mapping[str, Any], *, command_required: bool = True) -> dict[str, Any]:
+    """Validate the process plugin's keys; other plugins reuse it for their own."""
+    opts = OptionReader(options)
+    command = opts.command("command") if command_required else opts.command("command", None)
+    result = {
+        "command": command,
+        "cwd": opts.string("cwd", None),
+        "env": opts.string_table("env", {}),
+        "health_url": opts.string("health_url", None),
+        "health_tcp": opts.string("health_tcp", None),
+    }
+    if result["health_url"] is not None and not result["health_url"].startswith(
+            ("http://", "https://")):
+        raise OptionError("health_url", f"expected an http:// or https:// URL, got "
+                                        f"{result['health_url']!r}")
+    if result["health_tcp"] is not None:
+        _host_port("health_tcp", result["health_tcp"])
+    opts.finish()
+    return result
+
+
+@hookimpl
+def validate_config(component_id: str, options: Mapping[str, Any]) -> Mapping[str, Any]:
+    return read_options(options)
+
+
+@hookimpl
+def start(component: ComponentInfo) -> Launch:
+    opts = component.options
+    cwd = opts.get("cwd")
+    if cwd is not None:
+        cwd = str((component.config_dir / Path(cwd)).resolve())
+        if not Path(cwd).is_dir():
+            raise FileNotFoundError(f"cwd {cwd} is not a directory")
+    argv = tuple(sys.executable if a == "{python}" else a for a in opts["command"])
+    return Launch(argv=argv, cwd=cwd, env=opts.get("env") or {})
+
+
+def check_url(url: str, timeout: float) -> Probe:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            if 200 <= resp.status < 300:
+                return Probe(healthy=True)
+            return Probe(healthy=False, error=f"health check {url} answered {resp.status}")
+    except urllib.error.HTTPError as exc:
+        return Probe(healthy=False, error=f"health check {url} answered {exc.code}")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Probe(healthy=False, error=f"health check {url} failed: {reason}")
+
+
+@hookimpl
+def probe(component: ComponentInfo, pid: int) -> Probe | None:
+    opts = component.options
+    if opts.get("health_url"):
+        return check_url(opts["health_url"], timeout=2.0)
+    if opts.get("health_tcp"):
+        host, port = _host_port("health_tcp", opts["health_tcp"])
+        try:
+            with socket.create_connection((host, port), timeout=2.0):
+                return Probe(healthy=True)
+        except OSError as exc:
+            return Probe(healthy=False, error=f"cannot connect to {host}:{port}: {exc}")
+    return None

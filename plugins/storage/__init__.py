@@ -1,0 +1,1 @@
+"""Storage component plugin (reference storage engine)."""
