@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from core.errors import ConfigError, OptionError, closest
 

@@ -7,10 +7,10 @@ module shares. The wire carries exactly these five values; richer detail
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ComponentState(str, Enum):
+class ComponentState(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     RUNNING = "running"

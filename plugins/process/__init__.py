@@ -71,7 +71,7 @@ def start(component: ComponentInfo) -> Launch:
 
 def check_url(url: str, timeout: float) -> Probe:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             if 200 <= resp.status < 300:
                 return Probe(healthy=True)
             return Probe(healthy=False, error=f"health check {url} answered {resp.status}")
