@@ -1,0 +1,129 @@
+"""`python -m core`: load the config, start the supervisor and port 9000, handle signals.
+
+Start-up order: config (exit 2 on any mistake, nothing started), leftovers
+of a crashed previous run ended, web server listening, components started.
+Shutdown order (SIGTERM/SIGINT): components stopped dependents-first, every
+WebSocket closed with 1001, exit 0. SIGHUP reloads config.toml.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from core.config import Config, ConfigError, load
+from core.errors import OptionError
+from core.plugins import PluginManager
+
+log = logging.getLogger("control_center")
+
+
+class StartupError(Exception):
+    """Something in the operator's hands stops the start (port taken, already running)."""
+
+
+def load_config(path: str | Path, plugins: PluginManager) -> Config:
+    return load(path, plugins=plugins.names, validate=plugins.validate)
+
+
+async def _watch_signals(supervisor: object, stop: trio.Event,
+                         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading the config")
+                try:
+                    await supervisor.reload()  # type: ignore[attr-defined]
+                except (ConfigError, OptionError) as exc:
+                    log.error("config reload rejected, nothing changed: %s", exc)
+                continue
+            log.info("%s: stopping every component, then exiting",
+                     signal.Signals(signum).name)
+            stop.set()
+
+
+async def serve(config_path: str | Path) -> int:
+    """Run until SIGTERM/SIGINT; the exit status."""
+    from core import process
+    from core.hub import Hub
+    from core.leftovers import AlreadyRunning, RunRecord
+    from core.supervisor import Supervisor
+    from core.web import serve as serve_web
+
+    plugins = PluginManager()
+    config = load_config(config_path, plugins)
+    server = config.server
+    process.enable_subreaper()
+    record = RunRecord(server.data_dir / ".control-center" / "run.json")
+    try:
+        for line in record.end_leftovers():
+            log.warning("ended a leftover of the previous run: %s", line)
+    except AlreadyRunning as exc:
+        raise StartupError(str(exc)) from None
+    hub = Hub(interval=server.interval, history_seconds=server.history_seconds)
+    supervisor = Supervisor(config, plugins, hub, record=record)
+    stop = trio.Event()
+    close_web = trio.Event()
+    web_closed = trio.Event()
+
+    async def run_web(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_web(supervisor, hub, server, shutdown=close_web, task_status=task_status)
+        finally:
+            web_closed.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_watch_signals, supervisor, stop)
+            try:
+                port = await nursery.start(run_web)
+            except OSError as exc:
+                raise StartupError(f"{config.path}: server.port: cannot listen on "
+                                   f"{server.host}:{server.port}: {exc.strerror or exc}"
+                                   ) from None
+            scheme = "https" if server.tls_cert else "http"
+            host = server.host if server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+            print(f"Control Center dashboard: {scheme}://{host}:{port}/", flush=True)
+            await nursery.start(supervisor.run)
+            await stop.wait()
+            with trio.CancelScope(shield=True):
+                await supervisor.shutdown()
+                # Dashboards saw every component stop; now each WebSocket gets 1001.
+                close_web.set()
+                with trio.move_on_after(5):
+                    await web_closed.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        process.kill_all_now()
+    log.info("stopped cleanly")
+    return 0
+
+
+def run(config_path: str | Path) -> int:
+    """Entry point of `python -m core`: exit status 0, or 2 for an operator mistake."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return trio.run(serve, config_path)
+    except (ConfigError, StartupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        mistakes, rest = group.split((ConfigError, StartupError))
+        if mistakes is None or rest is not None:
+            raise
+        print(f"error: {_first_leaf(mistakes)}", file=sys.stderr)
+        return 2
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,58 @@
+"""Command line: `python -m core [run] [--config PATH]`, `check [PATH]`, and the client commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DEFAULT_CONFIG = "config.toml"
+
+
+def _check(args: argparse.Namespace) -> int:
+    from core.app import load_config
+    from core.config import ConfigError
+    from core.plugins import PluginManager
+
+    try:
+        config = load_config(args.path, PluginManager())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    names = ", ".join(config.components) or "none"
+    print(f"{config.path}: OK ({len(config.components)} components: {names})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from core.app import run
+
+    return run(args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Control Center: a process supervisor with a live web dashboard.")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="config file to run (default: ./config.toml)")
+    parser.set_defaults(func=_run)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    run_p = sub.add_parser("run", help="run the supervisor (the default)")
+    run_p.add_argument("--config", default=DEFAULT_CONFIG, help="config file to run")
+    run_p.set_defaults(func=_run)
+    check_p = sub.add_parser("check", help="validate a config file and exit")
+    check_p.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
+    check_p.set_defaults(func=_check)
+    try:
+        from core.client_cli import add_commands
+    except ImportError:  # the client commands are optional at build time
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
