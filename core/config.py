@@ -316,7 +316,12 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), None, f"invalid TOML: {exc}") from None
+        message = str(exc)
+        if message.endswith("(at end of document)"):
+            lines = text.split("\n")
+            where = f"(at line {len(lines)}, column {len(lines[-1]) + 1}: end of document)"
+            message = message.replace("(at end of document)", where)
+        raise ConfigError(str(path), None, f"invalid TOML: {message}") from None
     for key in data:
         if key not in ("server", "components"):
             hint = closest(key, ("server", "components"))
