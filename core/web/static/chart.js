@@ -1,0 +1,232 @@
+// A small SVG line chart: time on x, one or more series on y.
+//
+// Our own code on purpose (no CDN, no third-party bundle): the dashboard only
+// needs lines over time, a y scale, two time labels and a legend.
+//
+//   const chart = new LineChart(element, {title: "Queries / s", unit: "q/s"});
+//   chart.setSeries([{key: "qps", label: "Queries / s"}]);
+//   chart.setPoints([{t: Date.now(), values: {qps: 3.2}}, ...]);
+//   chart.push(Date.now(), {qps: 4.1});
+//
+// Each series is one <path> whose data-points attribute counts its vertices
+// (the browser tests read it).
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const HEIGHT = 150;
+const PAD = {top: 10, right: 10, bottom: 22, left: 46};
+
+export const PALETTE = ["#4f9dff", "#f7b955", "#3ecf8e", "#e86bb6", "#a78bfa", "#ff7a59",
+  "#2dd4bf", "#facc15"];
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  return node;
+}
+
+/** Smallest "nice" number (1, 2, 2.5, 5 times a power of ten) >= value. */
+export function niceCeil(value) {
+  if (!(value > 0)) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    if (step * power >= value * (1 - 1e-9)) return step * power;
+  }
+  return 10 * power;
+}
+
+function formatTick(value) {
+  if (value >= 1e6) return `${+(value / 1e6).toFixed(1)}M`;
+  if (value >= 1e4) return `${+(value / 1e3).toFixed(1)}k`;
+  if (value >= 100) return String(Math.round(value));
+  return String(+value.toFixed(2));
+}
+
+function formatTime(ms) {
+  return new Date(ms).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit",
+    second: "2-digit", hour12: false});
+}
+
+export class LineChart {
+  /**
+   * @param {HTMLElement} container  element the chart is drawn into (emptied)
+   * @param {object} options  title, unit, max (fixed y max, e.g. 100 for %),
+   *   maxPoints (oldest points are dropped beyond it), format (legend values)
+   */
+  constructor(container, options = {}) {
+    this.container = container;
+    this.title = options.title || "";
+    this.unit = options.unit || "";
+    this.fixedMax = options.max ?? null;
+    this.maxPoints = options.maxPoints || 900;
+    this.format = options.format || ((v) => `${formatTick(v)}${this.unit ? ` ${this.unit}` : ""}`);
+    this.series = [];
+    this.points = [];
+    this.width = 0;
+    this.pending = false;
+
+    container.classList.add("chart");
+    container.replaceChildren();
+    const head = document.createElement("div");
+    head.className = "chart-head";
+    const heading = document.createElement("h3");
+    heading.className = "chart-title";
+    heading.textContent = this.title;
+    this.legend = document.createElement("ul");
+    this.legend.className = "chart-legend";
+    head.append(heading, this.legend);
+    this.svg = svg("svg", {class: "chart-svg", role: "img", preserveAspectRatio: "none"});
+    this.svg.setAttribute("aria-label", this.title);
+    container.append(head, this.svg);
+
+    // Redraw at the new width so text and strokes keep their size.
+    if (typeof ResizeObserver === "function") {
+      this.observer = new ResizeObserver(() => this.scheduleRender());
+      this.observer.observe(container);
+    }
+  }
+
+  /** Replace the series list ([{key, label, color?}]); keeps the points. */
+  setSeries(series) {
+    const same = series.length === this.series.length &&
+      series.every((s, i) => s.key === this.series[i].key && s.label === this.series[i].label);
+    if (same) return;
+    this.series = series.map((s, i) => ({...s, color: s.color || PALETTE[i % PALETTE.length]}));
+    this.scheduleRender();
+  }
+
+  /** Replace all points ([{t: ms, values: {key: number|null}}], oldest first). */
+  setPoints(points) {
+    this.points = points.slice(-this.maxPoints);
+    this.scheduleRender();
+  }
+
+  /** Append one point (t in ms). */
+  push(t, values) {
+    this.points.push({t, values});
+    if (this.points.length > this.maxPoints) {
+      this.points.splice(0, this.points.length - this.maxPoints);
+    }
+    this.scheduleRender();
+  }
+
+  // Coalesce bursts (history load, resize) into one draw per frame; drawing
+  // synchronously when the page is hidden keeps tests and background tabs
+  // consistent (requestAnimationFrame does not run there).
+  scheduleRender() {
+    if (this.pending) return;
+    if (document.hidden || typeof requestAnimationFrame !== "function") {
+      this.render();
+      return;
+    }
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      this.render();
+    });
+  }
+
+  render() {
+    const width = Math.max(200, Math.round(this.container.clientWidth || 600));
+    this.width = width;
+    const plotW = width - PAD.left - PAD.right;
+    const plotH = HEIGHT - PAD.top - PAD.bottom;
+    this.svg.setAttribute("viewBox", `0 0 ${width} ${HEIGHT}`);
+    this.svg.setAttribute("width", String(width));
+    this.svg.setAttribute("height", String(HEIGHT));
+    this.svg.replaceChildren();
+
+    const points = this.points;
+    let top = 0;
+    for (const p of points) {
+      for (const s of this.series) {
+        const v = p.values[s.key];
+        if (typeof v === "number" && Number.isFinite(v) && v > top) top = v;
+      }
+    }
+    const yMax = this.fixedMax ?? niceCeil(top);
+    const t0 = points.length ? points[0].t : 0;
+    const t1 = points.length ? points[points.length - 1].t : 1;
+    const span = Math.max(t1 - t0, 1);
+    const x = (t) => PAD.left + (points.length > 1 ? ((t - t0) / span) * plotW : plotW);
+    const y = (v) => PAD.top + plotH - (Math.min(v, yMax) / yMax) * plotH;
+
+    const grid = svg("g", {class: "chart-grid"});
+    for (const fraction of [0, 0.5, 1]) {
+      const gy = PAD.top + plotH - fraction * plotH;
+      grid.append(svg("line", {x1: PAD.left, x2: width - PAD.right, y1: gy, y2: gy}));
+      const label = svg("text", {x: PAD.left - 6, y: gy + 4, "text-anchor": "end"});
+      label.textContent = formatTick(yMax * fraction);
+      grid.append(label);
+    }
+    if (points.length) {
+      const first = svg("text", {x: PAD.left, y: HEIGHT - 6, "text-anchor": "start"});
+      first.textContent = formatTime(t0);
+      const last = svg("text", {x: width - PAD.right, y: HEIGHT - 6, "text-anchor": "end"});
+      last.textContent = formatTime(t1);
+      grid.append(first, last);
+    } else {
+      const empty = svg("text", {x: PAD.left + plotW / 2, y: PAD.top + plotH / 2,
+        "text-anchor": "middle", class: "chart-empty"});
+      empty.textContent = "Waiting for data…";
+      grid.append(empty);
+    }
+    this.svg.append(grid);
+
+    const baseline = PAD.top + plotH;
+    this.series.forEach((s) => {
+      let d = "";
+      let count = 0;
+      let open = false; // a null value breaks the line
+      let area = "";
+      let runStart = null;
+      let runEnd = null;
+      for (const p of points) {
+        const v = p.values[s.key];
+        if (typeof v !== "number" || !Number.isFinite(v)) {
+          if (open && this.series.length === 1) area += `L${runEnd},${baseline}L${runStart},${baseline}Z`;
+          open = false;
+          continue;
+        }
+        const px = x(p.t).toFixed(1);
+        const py = y(Math.max(v, 0)).toFixed(1);
+        d += `${open ? "L" : "M"}${px},${py}`;
+        if (this.series.length === 1) area += `${open ? "L" : "M"}${px},${py}`;
+        if (!open) runStart = px;
+        runEnd = px;
+        open = true;
+        count += 1;
+      }
+      if (open && this.series.length === 1) area += `L${runEnd},${baseline}L${runStart},${baseline}Z`;
+      if (area) {
+        this.svg.append(svg("path", {d: area, fill: s.color, "fill-opacity": "0.12",
+          stroke: "none", class: "chart-area"}));
+      }
+      this.svg.append(svg("path", {d, fill: "none", stroke: s.color, "stroke-width": "2",
+        "stroke-linejoin": "round", "stroke-linecap": "round", class: "chart-line",
+        "data-series": s.key, "data-points": String(count)}));
+    });
+    this.renderLegend();
+  }
+
+  renderLegend() {
+    const last = this.points[this.points.length - 1];
+    const items = this.series.map((s) => {
+      const li = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = s.color;
+      const v = last ? last.values[s.key] : null;
+      const text = typeof v === "number" ? this.format(v) : "–";
+      li.append(swatch, `${s.label} `);
+      const strong = document.createElement("strong");
+      strong.textContent = text;
+      li.append(strong);
+      return li;
+    });
+    this.legend.replaceChildren(...items);
+  }
+
+  destroy() {
+    if (this.observer) this.observer.disconnect();
+  }
+}

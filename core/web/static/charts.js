@@ -1,0 +1,87 @@
+// The dashboard's history charts, fed from /api/history then each snapshot.
+
+import {LineChart} from "./chart.js";
+
+// "2026-01-02T03:04:05.123456Z" -> ms; trims sub-millisecond digits that
+// not every engine parses.
+export function parseTime(iso) {
+  if (typeof iso !== "string") return Number.NaN;
+  return Date.parse(iso.replace(/(\.\d{3})\d+/, "$1"));
+}
+
+function perComponent(components, key) {
+  const values = {};
+  for (const [cid, c] of Object.entries(components || {})) {
+    values[cid] = typeof c[key] === "number" ? c[key] : null;
+  }
+  return values;
+}
+
+export function createCharts(container) {
+  const make = (id, options) => {
+    const element = document.createElement("figure");
+    element.className = "chart-card";
+    element.id = id;
+    container.append(element);
+    return new LineChart(element, options);
+  };
+
+  const system = make("chart-system", {title: "System CPU & memory", unit: "%", max: 100});
+  system.setSeries([{key: "cpu_percent", label: "CPU"}, {key: "memory_percent", label: "Memory"}]);
+  const compCpu = make("chart-component-cpu", {title: "Component CPU", unit: "%"});
+  const compMem = make("chart-component-memory", {title: "Component memory", unit: "MB"});
+  const storage = make("chart-storage", {title: "Storage size", unit: "MB"});
+  storage.setSeries([{key: "storage_size_mb", label: "Size"}]);
+  const qps = make("chart-qps", {title: "Queries per second", unit: "q/s"});
+  qps.setSeries([{key: "queries_per_second", label: "Queries/s"}]);
+  const latency = make("chart-latency", {title: "Average latency", unit: "ms"});
+  latency.setSeries([{key: "avg_latency_ms", label: "Latency"}]);
+
+  const metricCharts = [system, storage, qps, latency];
+  let names = {};
+  let lastT = -Infinity;
+
+  function componentSeries(ids) {
+    const series = ids.map((cid) => ({key: cid, label: names[cid] || cid}));
+    compCpu.setSeries(series);
+    compMem.setSeries(series);
+  }
+
+  return {
+    charts: {system, compCpu, compMem, storage, qps, latency},
+
+    /** Replace everything with /api/history's points (oldest first). */
+    setHistory(points) {
+      const rows = points
+        .map((p) => ({t: parseTime(p.timestamp), p}))
+        .filter((row) => Number.isFinite(row.t));
+      for (const chart of metricCharts) {
+        chart.setPoints(rows.map(({t, p}) => ({t, values: p.metrics || {}})));
+      }
+      const ids = [];
+      for (const {p} of rows) {
+        for (const cid of Object.keys(p.components || {})) if (!ids.includes(cid)) ids.push(cid);
+      }
+      componentSeries(ids);
+      compCpu.setPoints(rows.map(({t, p}) => ({t, values: perComponent(p.components,
+        "cpu_percent")})));
+      compMem.setPoints(rows.map(({t, p}) => ({t, values: perComponent(p.components,
+        "memory_mb")})));
+      lastT = rows.length ? rows[rows.length - 1].t : -Infinity;
+    },
+
+    /** Append one live snapshot (skipped when not newer than the last point). */
+    addSnapshot(doc) {
+      const components = doc.components || {};
+      names = Object.fromEntries(Object.entries(components).map(([cid, c]) => [cid,
+        c.name || cid]));
+      componentSeries(Object.keys(components));
+      const t = parseTime(doc.metrics && doc.metrics.timestamp);
+      if (!Number.isFinite(t) || t <= lastT) return;
+      lastT = t;
+      for (const chart of metricCharts) chart.push(t, doc.metrics);
+      compCpu.push(t, perComponent(components, "cpu_percent"));
+      compMem.push(t, perComponent(components, "memory_mb"));
+    },
+  };
+}
