@@ -1,4 +1,143 @@
 """Broadcast of snapshots: one encoding per tick, latest value per subscriber.
 
-Owned by the web layer; the supervisor only calls Hub.publish(doc).
+The supervisor calls `Hub.publish(doc)` once per tick from the main trio
+thread. The document is encoded to JSON there, once, and every WebSocket
+client sends that same string. A client task asks `wait_after(seq)` for the
+first snapshot newer than the one it sent last, so a slow client skips the
+stale ones instead of queueing them (latest-value semantics): memory per
+client is one reference, whatever its speed.
+
+The hub also keeps a ring of compact history points for the dashboard's
+charts (`GET /api/history`).
 """
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+#: The snapshot's metrics, in the order of the contract.
+METRIC_NAMES = (
+    "timestamp",
+    "total_concepts",
+    "total_associations",
+    "storage_size_mb",
+    "queries_per_second",
+    "avg_latency_ms",
+    "cpu_percent",
+    "memory_percent",
+)
+
+#: Short metric names a subscriber may use.
+METRIC_ALIASES = {"cpu": "cpu_percent", "memory": "memory_percent"}
+
+#: The history keeps at least this much, whatever history_seconds says.
+MIN_HISTORY_SECONDS = 1800.0
+
+#: A point's per-component fields.
+_POINT_FIELDS = ("state", "cpu_percent", "memory_mb")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One tick's document and its JSON text, shared by every client."""
+
+    seq: int
+    #: The snapshot document; never mutated after publish.
+    doc: Mapping[str, Any]
+    #: json.dumps(doc), done once at publish.
+    text: str
+    #: trio.current_time() at publish.
+    mono: float
+
+
+def _point(doc: Mapping[str, Any]) -> dict[str, Any]:
+    metrics = doc.get("metrics") or {}
+    components = doc.get("components") or {}
+    return {
+        "timestamp": metrics.get("timestamp"),
+        "metrics": {k: metrics.get(k) for k in METRIC_NAMES},
+        "components": {cid: {f: c.get(f) for f in _POINT_FIELDS}
+                       for cid, c in components.items()},
+    }
+
+
+def normalise_metrics(names: Iterable[str]) -> frozenset[str]:
+    """Full metric names for a subscription; `timestamp` is always kept."""
+    return frozenset(METRIC_ALIASES.get(n, n) for n in names) | {"timestamp"}
+
+
+class Hub:
+    """Holds the latest snapshot, wakes the fan-out, keeps the history ring."""
+
+    def __init__(self, *, interval: float, history_seconds: float) -> None:
+        self.interval = interval
+        self.history_seconds = max(history_seconds, MIN_HISTORY_SECONDS)
+        self.latest: Snapshot | None = None
+        self._changed = trio.Event()
+        maxlen = math.ceil(self.history_seconds / interval) + 1
+        self._history: deque[tuple[float, dict[str, Any]]] = deque(maxlen=maxlen)
+        # Filtered texts of the latest snapshot, one per distinct filter.
+        self._filtered: dict[tuple[Any, Any], str] = {}
+
+    def publish(self, doc: dict[str, Any]) -> Snapshot:
+        """Make `doc` the latest snapshot and wake every waiting client.
+
+        Called from the trio thread; the caller must not mutate `doc` after.
+        """
+        seq = 1 if self.latest is None else self.latest.seq + 1
+        now = trio.current_time()
+        snap = Snapshot(seq=seq, doc=doc, text=json.dumps(doc), mono=now)
+        self.latest = snap
+        self._filtered = {}
+        self._history.append((now, _point(doc)))
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+        return snap
+
+    async def wait_after(self, seq: int) -> Snapshot:
+        """The latest snapshot once its seq is greater than `seq`."""
+        while self.latest is None or self.latest.seq <= seq:
+            await self._changed.wait()
+        return self.latest
+
+    def history(self, seconds: float | None = None) -> list[dict[str, Any]]:
+        """History points, oldest first; only the last `seconds` if given."""
+        if seconds is None or not self._history:
+            return [p for _, p in self._history]
+        since = self._history[-1][0] - seconds
+        return [p for t, p in self._history if t >= since]
+
+    def filtered_text(self, snap: Snapshot, components: frozenset[str] | None,
+                      metrics: frozenset[str] | None) -> str:
+        """The JSON of `snap` restricted to a subscription, cached per filter.
+
+        None means "no filter" for that key. Only the latest snapshot is
+        cached: a client that is behind gets the latest anyway.
+        """
+        if components is None and metrics is None:
+            return snap.text
+        key = (components, metrics)
+        if snap is self.latest:
+            found = self._filtered.get(key)
+            if found is not None:
+                return found
+        doc = snap.doc
+        comps = doc.get("components") or {}
+        mets = doc.get("metrics") or {}
+        out = {
+            "components": comps if components is None else
+            {cid: c for cid, c in comps.items() if cid in components},
+            "metrics": mets if metrics is None else
+            {k: v for k, v in mets.items() if k in metrics},
+        }
+        text = json.dumps(out)
+        if snap is self.latest:
+            self._filtered[key] = text
+        return text

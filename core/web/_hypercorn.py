@@ -1,0 +1,165 @@
+"""Hypercorn's trio worker, run under our own listener loop.
+
+`hypercorn.trio.serve` hides three things the web layer needs: the bound
+sockets (port 0, a clear error when the port is taken), the transport of
+each connection (to cut off a WebSocket client that stopped reading: a send
+to it blocks inside hypercorn, shielded from cancellation) and the order of
+shutdown (our 1001 close frames first, then hypercorn's own). So this module
+does what `hypercorn.trio.run.worker_serve` does, minus lifespan and
+multi-worker plumbing, with hypercorn's own per-connection `TCPServer`.
+
+It also makes permessage-deflate optional: hypercorn accepts it whenever a
+client offers it. `Handshake` below forgets the offer when the serving task
+set `COMPRESSION` to False (context variables flow from the serving task to
+every connection task it spawns), so other hypercorn servers in the process
+keep the stock behaviour.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import errno
+import fcntl
+import socket
+import termios
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.protocol import ws_stream
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr, wrap_app
+
+#: Whether WebSocket handshakes of the current server may negotiate
+#: permessage-deflate (hypercorn's behaviour is True).
+COMPRESSION: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "control_center_ws_compression", default=True)
+
+
+class _Handshake(ws_stream.Handshake):
+    def __init__(self, headers: list[tuple[bytes, bytes]], http_version: str) -> None:
+        super().__init__(headers, http_version)
+        if not COMPRESSION.get():
+            # No offer seen -> no extension negotiated, no deflate state kept.
+            self.extensions = None
+
+
+# hypercorn looks the class up in its module at each handshake.
+ws_stream.Handshake = _Handshake  # type: ignore[misc]
+
+
+class Connections:
+    """The live transports, by client address, so a stuck one can be cut off."""
+
+    def __init__(self) -> None:
+        self._streams: dict[tuple[str, int], Any] = {}
+
+    def add(self, peer: tuple[str, int], stream: Any) -> None:
+        self._streams[peer] = stream
+
+    def remove(self, peer: tuple[str, int], stream: Any) -> None:
+        if self._streams.get(peer) is stream:
+            del self._streams[peer]
+
+    def _socket(self, peer: Any) -> trio.socket.SocketType | None:
+        stream = self._streams.get(tuple(peer) if peer else None)  # type: ignore[arg-type]
+        if stream is None:
+            return None
+        stream = getattr(stream, "transport_stream", stream)  # TLS: the socket below
+        return getattr(stream, "socket", None)
+
+    def unsent_bytes(self, peer: Any) -> int:
+        """Bytes queued in the kernel for this client and not yet taken by it.
+
+        0 when unknown (no such connection, not Linux): callers then rely on
+        the send deadline alone.
+        """
+        sock = self._socket(peer)
+        if sock is None:
+            return 0
+        try:
+            buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        return int.from_bytes(buf, "little", signed=True)
+
+    def abort(self, peer: Any) -> bool:
+        """Close the client's socket now; a send blocked on it fails at once."""
+        sock = self._socket(peer)
+        if sock is None:
+            return False
+        sock.close()  # trio wakes the blocked sender with ClosedResourceError
+        return True
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's connection handler, registered while it lives."""
+
+    def __init__(self, connections: Connections, *args: Any) -> None:
+        super().__init__(*args)
+        self._connections = connections
+
+    async def run(self) -> None:
+        transport = getattr(self.stream, "transport_stream", self.stream)
+        try:
+            sock = transport.socket
+            peer = parse_socket_addr(sock.family, sock.getpeername())
+        except OSError:
+            peer = None
+        if peer is not None:
+            self._connections.add(peer, self.stream)
+        try:
+            await super().run()
+        finally:
+            if peer is not None:
+                self._connections.remove(peer, self.stream)
+
+
+def bind(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket on host:port; OSError naming [server] port if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: the port is already "
+                                     "in use; change [server] port in config.toml or stop "
+                                     "the other program") from None
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} ([server] host and port): "
+                                 f"{exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_asgi(app: Any, config: HyperConfig, sock: socket.socket, *,
+                     connections: Connections, compression: bool,
+                     shutdown_trigger: Callable[[], Awaitable[None]]) -> None:
+    """Serve `app` on the listening `sock` until `shutdown_trigger` returns.
+
+    Then stop accepting, tell hypercorn's connections to finish and give
+    them `config.graceful_timeout` before cancelling them.
+    """
+    COMPRESSION.set(compression)
+    context = WorkerContext(None)
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    listener: Any = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    ssl_context = config.create_ssl_context()
+    if ssl_context is not None:
+        listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
+    handler = partial(_TCPServer, connections, wrapped, config, context, ConnectionState({}))
+    async with trio.open_nursery() as handlers:
+        async with trio.open_nursery() as accept:
+            accept.start_soon(partial(trio.serve_listeners, handler, [listener],
+                                      handler_nursery=handlers))
+            await shutdown_trigger()
+            accept.cancel_scope.cancel()
+        await context.terminated.set()
+        handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

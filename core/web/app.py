@@ -1,0 +1,142 @@
+"""The ASGI application on port 9000: page, REST, metrics and `/ws`.
+
+`/ws` goes straight to the fan-out, outside Starlette: its per-send
+wrappers would be paid 1000s of times per tick. Everything HTTP goes
+through Starlette behind one guard (origin, token, control rate limit),
+so handlers stay about their endpoint alone.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from core.config import ServerConfig
+from core.hub import Hub
+from core.web import metrics, openapi
+from core.web.rest import Handlers, error
+from core.web.security import RateLimiter, origin_ok, request_token, token_ok
+from core.web.ws import Fanout
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def version() -> str:
+    try:
+        return metadata.version("control-center")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def _needs_token(path: str) -> bool:
+    return (path.startswith("/api/") and path != "/api/info") or path == "/metrics"
+
+
+class Guard:
+    """Refuses before any handler runs: cross-origin POSTs, missing token, floods."""
+
+    def __init__(self, app: Any, server: ServerConfig) -> None:
+        self.app = app
+        self.server = server
+        self.control = RateLimiter(server.control_rate)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        path, method = scope["path"], scope["method"]
+        refusal: Response | None = None
+        if method == "POST" and not origin_ok(
+                request.headers.get("origin"), scheme=scope.get("scheme", "http"),
+                host=request.headers.get("host"), allowed=self.server.allowed_origins):
+            refusal = error(403, "cross-origin request refused (see [server] allowed_origins)")
+        elif _needs_token(path) and not token_ok(self.server.token,
+                                                 request_token(request.headers)):
+            refusal = error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+            refusal.headers["WWW-Authenticate"] = "Bearer"
+        elif method == "POST" and path.startswith("/api/"):
+            client = scope.get("client")
+            if not self.control.allow(client[0] if client else "?"):
+                refusal = error(429, f"too many control requests (more than "
+                                     f"{self.server.control_rate:g}/s); retry shortly")
+                refusal.headers["Retry-After"] = "1"
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class Root:
+    """Dispatch: `/ws` to the fan-out, the rest to Starlette."""
+
+    def __init__(self, http_app: Any, fanout: Fanout) -> None:
+        self.http_app = http_app
+        self.fanout = fanout
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            if scope["path"] == "/ws":
+                await self.fanout(scope, receive, send)
+            else:
+                await WebSocket(scope, receive, send).send_denial_response(
+                    error(404, f"no WebSocket endpoint at {scope['path']}; use /ws"))
+            return
+        await self.http_app(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return error(500, f"internal error: {type(exc).__name__}")
+
+
+def build_app(supervisor: Any, hub: Hub, server: ServerConfig, fanout: Fanout) -> Root:
+    handlers = Handlers(supervisor, hub)
+    registry = metrics.make_registry(hub, lambda: len(fanout.clients))
+    spec = openapi.document(version())
+    info = {"version": version(), "interval": hub.interval,
+            "auth_required": server.token is not None, "max_clients": server.max_clients}
+
+    async def index(request: Request) -> Response:
+        page = STATIC_DIR / "index.html"
+        if not page.is_file():
+            return error(404, "the dashboard page is not installed")
+        return FileResponse(page, media_type="text/html; charset=utf-8")
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def api_info(request: Request) -> Response:
+        return JSONResponse(info)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/info", api_info, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        *handlers.routes(),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+    http_app = Starlette(routes=routes, exception_handlers={
+        HTTPException: _http_error, Exception: _server_error})
+    return Root(Guard(http_app, server), fanout)

@@ -1,0 +1,198 @@
+"""The OpenAPI 3.1 document of the REST surface, served at `/openapi.json`.
+
+Written by hand (the handlers are plain Starlette) and kept true by
+tests/web/test_openapi.py, which validates real responses against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_ISO = {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"}
+_STATE = {"type": "string", "enum": ["stopped", "starting", "running", "stopping", "error"]}
+_METRIC_NAMES = ["total_concepts", "total_associations", "storage_size_mb",
+                 "queries_per_second", "avg_latency_ms", "cpu_percent", "memory_percent"]
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["success", "error"],
+        "properties": {"success": {"const": False}, "error": {"type": "string"}},
+    },
+    "Component": {
+        "type": "object",
+        "required": ["name", "state", "pid", "uptime", "cpu_percent", "memory_mb", "error",
+                     "last_updated", "plugin", "restarts", "exit_code", "health",
+                     "next_restart_in", "depends_on"],
+        "properties": {
+            "name": {"type": "string"},
+            "state": _STATE,
+            "pid": {"type": ["integer", "null"]},
+            "uptime": _NUM_OR_NULL,
+            "cpu_percent": _NUM_OR_NULL,
+            "memory_mb": _NUM_OR_NULL,
+            "error": {"type": ["string", "null"]},
+            "last_updated": _ISO,
+            "plugin": {"type": "string"},
+            "restarts": {"type": "integer", "minimum": 0},
+            "exit_code": {"type": ["integer", "null"]},
+            "health": {"enum": ["healthy", "unhealthy", "starting", None]},
+            "next_restart_in": _NUM_OR_NULL,
+            "depends_on": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ComponentWithId": {
+        "allOf": [{"$ref": "#/components/schemas/Component"},
+                  {"type": "object", "required": ["id"],
+                   "properties": {"id": {"type": "string"}}}],
+    },
+    "Metrics": {
+        "type": "object", "required": ["timestamp", *_METRIC_NAMES],
+        "properties": {"timestamp": _ISO, **{m: _NUM_OR_NULL for m in _METRIC_NAMES}},
+    },
+    "Snapshot": {
+        "type": "object", "required": ["components", "metrics"],
+        "properties": {
+            "components": {"type": "object",
+                           "additionalProperties": {"$ref": "#/components/schemas/Component"}},
+            "metrics": {"$ref": "#/components/schemas/Metrics"},
+        },
+    },
+    "ComponentList": {
+        "type": "object", "required": ["components"],
+        "properties": {"components": {
+            "type": "array", "items": {"$ref": "#/components/schemas/ComponentWithId"}}},
+    },
+    "ControlResult": {
+        "type": "object", "required": ["success", "component"],
+        "properties": {"success": {"const": True},
+                       "component": {"$ref": "#/components/schemas/ComponentWithId"}},
+    },
+    "Logs": {
+        "type": "object", "required": ["component", "lines", "last_seq"],
+        "properties": {
+            "component": {"type": "string"},
+            "last_seq": {"type": "integer", "minimum": 0},
+            "lines": {"type": "array", "items": {
+                "type": "object", "required": ["seq", "time", "stream", "text"],
+                "properties": {"seq": {"type": "integer"}, "time": _ISO,
+                               "stream": {"enum": ["stdout", "stderr", "supervisor"]},
+                               "text": {"type": "string"}}}},
+        },
+    },
+    "History": {
+        "type": "object", "required": ["interval", "points"],
+        "properties": {
+            "interval": {"type": "number"},
+            "points": {"type": "array", "items": {
+                "type": "object", "required": ["timestamp", "metrics", "components"],
+                "properties": {
+                    "timestamp": _ISO,
+                    "metrics": {"$ref": "#/components/schemas/Metrics"},
+                    "components": {"type": "object", "additionalProperties": {
+                        "type": "object", "required": ["state", "cpu_percent", "memory_mb"],
+                        "properties": {"state": _STATE, "cpu_percent": _NUM_OR_NULL,
+                                       "memory_mb": _NUM_OR_NULL}}},
+                }}},
+        },
+    },
+    "ReloadResult": {
+        "type": "object", "required": ["success", "added", "removed", "changed", "unchanged"],
+        "properties": {"success": {"const": True},
+                       **{k: {"type": "array", "items": {"type": "string"}}
+                          for k in ("added", "removed", "changed", "unchanged")}},
+    },
+    "Info": {
+        "type": "object", "required": ["version", "interval", "auth_required", "max_clients"],
+        "properties": {"version": {"type": "string"}, "interval": {"type": "number"},
+                       "auth_required": {"type": "boolean"},
+                       "max_clients": {"type": "integer"}},
+    },
+    "Health": {"type": "object", "required": ["status"],
+               "properties": {"status": {"const": "ok"}}},
+}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+_ERR = {
+    "401": _json("Error", "Token missing or wrong"),
+    "429": _json("Error", "Too many control requests from this client"),
+}
+_NOT_FOUND = {"404": _json("Error", "No component with this id")}
+_CID = {"name": "cid", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _control(action: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": f"{action.capitalize()} one component",
+        "parameters": [_CID],
+        "responses": {"200": _json("ControlResult", "The component after the request"),
+                      **_NOT_FOUND, **_ERR,
+                      "403": _json("Error", "Cross-origin request refused")},
+    }}
+
+
+def document(version: str) -> dict[str, Any]:
+    """The OpenAPI document for this server version."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Control Center", "version": version,
+                 "description": "Process supervisor REST API. With [server] token set, "
+                                "send `Authorization: Bearer <token>`."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/api/status": {"get": {"summary": "The latest snapshot (what /ws sends)",
+                                    "responses": {"200": _json("Snapshot", "The snapshot"),
+                                                  **_ERR}}},
+            "/api/components": {"get": {"summary": "Every component, in config order",
+                                        "responses": {"200": _json("ComponentList", "List"),
+                                                      **_ERR}}},
+            "/api/components/{cid}": {"get": {
+                "summary": "One component", "parameters": [_CID],
+                "responses": {"200": _json("ComponentWithId", "The component"),
+                              **_NOT_FOUND, **_ERR}}},
+            "/api/components/{cid}/start": _control("start"),
+            "/api/components/{cid}/stop": _control("stop"),
+            "/api/components/{cid}/restart": _control("restart"),
+            "/api/components/{cid}/logs": {"get": {
+                "summary": "Recent output lines of one component",
+                "parameters": [_CID,
+                               {"name": "lines", "in": "query", "schema": {
+                                   "type": "integer", "minimum": 0, "maximum": 5000,
+                                   "default": 200}},
+                               {"name": "after", "in": "query", "schema": {
+                                   "type": "integer", "minimum": 0}}],
+                "responses": {"200": _json("Logs", "Lines, oldest first"),
+                              "400": _json("Error", "Bad query value"),
+                              **_NOT_FOUND, **_ERR}}},
+            "/api/history": {"get": {
+                "summary": "Compact snapshot history for charts, oldest first",
+                "parameters": [{"name": "seconds", "in": "query",
+                                "schema": {"type": "number", "minimum": 0}}],
+                "responses": {"200": _json("History", "Points"),
+                              "400": _json("Error", "Bad query value"), **_ERR}}},
+            "/api/reload": {"post": {
+                "summary": "Re-read config.toml; restart only what changed",
+                "responses": {"200": _json("ReloadResult", "What changed"),
+                              "400": _json("Error", "The config error; nothing changed"),
+                              "403": _json("Error", "Cross-origin request refused"),
+                              **_ERR}}},
+            "/api/info": {"get": {"summary": "Server facts (no token needed)",
+                                  "security": [{}],
+                                  "responses": {"200": _json("Info", "Facts")}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [{}],
+                                 "responses": {"200": _json("Health", "Alive")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "Prometheus text",
+                                                       "content": {"text/plain": {}}},
+                                               **_ERR}}},
+        },
+    }

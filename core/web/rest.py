@@ -1,0 +1,134 @@
+"""REST handlers: translate requests into supervisor calls, errors into statuses.
+
+No lifecycle logic lives here (the supervisor serialises and de-duplicates
+start/stop/restart); a handler parses its parameters, calls one method and
+shapes the answer as the contract says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from core.errors import ConfigError, OptionError, UnknownComponent
+from core.hub import Hub
+
+#: `lines=` of the logs endpoint: default and maximum.
+LOG_LINES_DEFAULT = 200
+LOG_LINES_MAX = 5000
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"success": False, "error": message}, status_code=status)
+
+
+def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name}: expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise HTTPException(400, f"{name}: expected an integer from {lo} to {hi}, got {value}")
+    return value
+
+
+def _float_param(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name}: expected a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):  # also refuses NaN
+        raise HTTPException(400, f"{name}: expected a number >= 0, got {raw!r}")
+    return value
+
+
+class Handlers:
+    """The REST endpoints of one server, bound to its supervisor and hub."""
+
+    def __init__(self, supervisor: Any, hub: Hub) -> None:
+        self.sup = supervisor
+        self.hub = hub
+
+    def _component(self, cid: str) -> dict[str, Any]:
+        try:
+            view = self.sup.view(cid)
+        except UnknownComponent:
+            raise HTTPException(404, f"no component with id {cid!r}") from None
+        return {"id": cid, **view}
+
+    async def status(self, request: Request) -> Response:
+        snap = self.hub.latest
+        if snap is None:
+            return error(503, "no snapshot yet: the supervisor is starting")
+        # The text the WebSocket clients get, encoded once at publish.
+        return Response(snap.text, media_type="application/json")
+
+    async def components(self, request: Request) -> Response:
+        items = []
+        for cid in self.sup.component_ids():
+            try:
+                items.append(self._component(cid))
+            except HTTPException:  # removed by a reload meanwhile
+                continue
+        return JSONResponse({"components": items})
+
+    async def component(self, request: Request) -> Response:
+        return JSONResponse(self._component(request.path_params["cid"]))
+
+    async def control(self, request: Request) -> Response:
+        cid = request.path_params["cid"]
+        action = request.url.path.rsplit("/", 1)[-1]
+        method = {"start": self.sup.start, "stop": self.sup.stop,
+                  "restart": self.sup.restart}[action]
+        try:
+            view = await method(cid)
+        except UnknownComponent:
+            return error(404, f"no component with id {cid!r}")
+        return JSONResponse({"success": True, "component": {"id": cid, **view}})
+
+    async def logs(self, request: Request) -> Response:
+        cid = request.path_params["cid"]
+        lines = _int_param(request, "lines", LOG_LINES_DEFAULT, 0, LOG_LINES_MAX)
+        after = _int_param(request, "after", None, 0, 2**63 - 1)
+        try:
+            tail = self.sup.log(cid)
+        except UnknownComponent:
+            return error(404, f"no component with id {cid!r}")
+        assert lines is not None
+        found = tail.tail(lines) if after is None else tail.since(after)[-lines:] if lines else []
+        return JSONResponse({"component": cid, "lines": [ln.as_dict() for ln in found],
+                             "last_seq": tail.last_seq})
+
+    async def history(self, request: Request) -> Response:
+        seconds = _float_param(request, "seconds")
+        return JSONResponse({"interval": self.hub.interval,
+                             "points": self.hub.history(seconds)})
+
+    async def reload(self, request: Request) -> Response:
+        try:
+            result = await self.sup.reload()
+        except (ConfigError, OptionError) as exc:
+            return error(400, str(exc))
+        return JSONResponse({"success": True, **result})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/status", self.status, methods=["GET"]),
+            Route("/api/components", self.components, methods=["GET"]),
+            Route("/api/components/{cid}", self.component, methods=["GET"]),
+            *(Route(f"/api/components/{{cid}}/{action}", self.control, methods=["POST"],
+                    name=action) for action in ("start", "stop", "restart")),
+            Route("/api/components/{cid}/logs", self.logs, methods=["GET"]),
+            Route("/api/history", self.history, methods=["GET"]),
+            Route("/api/reload", self.reload, methods=["POST"]),
+        ]

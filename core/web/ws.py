@@ -1,0 +1,227 @@
+"""`/ws`: the snapshot stream, one task pair per client, nothing per tick.
+
+Each client has a sender task that asks the hub for the first snapshot newer
+than the one it sent and sends the hub's shared JSON text (or the text
+cached for its subscription filter): the tick itself does no per-client
+work, and a slow client skips stale snapshots instead of queueing them.
+
+A client whose kernel send queue still holds data it has not taken gets
+nothing new (the latest goes out once it drains); stalled for
+`STUCK_INTERVALS` intervals, it is closed with 1008. A send that blocks
+that long (hypercorn shields its socket writes from cancellation) has its
+socket cut, which ends the send at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
+
+from core.config import ServerConfig
+from core.hub import Hub, Snapshot, normalise_metrics
+from core.web._hypercorn import Connections
+from core.web.security import RateLimiter, origin_ok, request_token, token_ok
+
+log = logging.getLogger(__name__)
+
+#: A client stalled (or a send blocked) this many intervals is dropped.
+STUCK_INTERVALS = 3.0
+#: Close codes (RFC 6455 section 7.4.1).
+NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = (
+    1000, 1001, 1008, 1009, 1011, 1013)
+
+
+class _Client:
+    __slots__ = ("cancel", "close_code", "close_reason", "components", "metrics", "peer",
+                 "send_started")
+
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
+        self.components: frozenset[str] | None = None
+        self.metrics: frozenset[str] | None = None
+        #: trio time when the send in flight began; None when idle.
+        self.send_started: float | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.cancel = trio.CancelScope()
+
+    def stop(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self.cancel.cancel()
+
+
+class Fanout:
+    """The ASGI app behind `/ws` and the registry of its clients."""
+
+    def __init__(self, hub: Hub, server: ServerConfig, connections: Connections) -> None:
+        self.hub = hub
+        self.server = server
+        self.connections = connections
+        self.clients: set[_Client] = set()
+        self.closing = False
+        self._empty = trio.Event()
+        self._empty.set()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def watchdog(self) -> None:
+        """Cut off clients whose send has been blocked for too long."""
+        limit = STUCK_INTERVALS * self.hub.interval
+        while True:
+            await trio.sleep(self.hub.interval)
+            now = trio.current_time()
+            for client in list(self.clients):
+                started = client.send_started
+                if started is not None and now - started > limit:
+                    log.info("websocket client %s blocked a send for %.1f s: disconnecting",
+                             client.peer, now - started)
+                    client.stop(POLICY, "client not reading")
+                    self.connections.abort(client.peer)
+
+    async def close_all(self, code: int = GOING_AWAY, *, timeout: float = 2.0) -> None:
+        """Send `code` to every client and wait (bounded) until all are gone."""
+        self.closing = True
+        for client in list(self.clients):
+            client.stop(code, "server shutting down")
+        with trio.move_on_after(timeout):
+            await self._empty.wait()
+        for client in list(self.clients):  # stuck ones: cut, do not wait
+            self.connections.abort(client.peer)
+
+    # -- one connection ----------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        ws = WebSocket(scope, receive, send)
+        headers = ws.headers
+        if not token_ok(self.server.token, request_token(headers, scope.get("query_string"))):
+            await ws.send_denial_response(JSONResponse(
+                {"success": False, "error": "missing or wrong token"}, status_code=401))
+            return
+        if not origin_ok(headers.get("origin"), scheme=scope.get("scheme", "ws"),
+                         host=headers.get("host"), allowed=self.server.allowed_origins):
+            await ws.send_denial_response(JSONResponse(
+                {"success": False, "error": "origin not allowed"}, status_code=403))
+            return
+        await ws.accept()
+        if self.closing:
+            await _close(send, GOING_AWAY, "server shutting down")
+            return
+        if len(self.clients) >= self.server.max_clients:
+            await _close(send, TRY_AGAIN_LATER,
+                         f"too many clients (max_clients = {self.server.max_clients})")
+            return
+        client = _Client(scope.get("client"))
+        self.clients.add(client)
+        self._empty = trio.Event()
+        try:
+            with client.cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._sender, client, send)
+                    await self._receiver(client, receive, send)
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("websocket client %s: internal error", client.peer)
+            client.close_code, client.close_reason = INTERNAL, "internal error"
+        finally:
+            self.clients.discard(client)
+            if not self.clients:
+                self._empty.set()
+        if client.close_code is not None:
+            with trio.CancelScope(shield=True):
+                await self._send(client, send, {"type": "websocket.close",
+                                                "code": client.close_code,
+                                                "reason": client.close_reason})
+
+    async def _send(self, client: _Client, send: Any, message: dict[str, Any]) -> None:
+        client.send_started = trio.current_time()
+        try:
+            await send(message)
+        finally:
+            client.send_started = None
+
+    async def _sender(self, client: _Client, send: Any) -> None:
+        hub = self.hub
+        poll = hub.interval / 4
+        limit = STUCK_INTERVALS * hub.interval
+        stalled_since: float | None = None
+        seq = 0
+        while True:
+            snap = await hub.wait_after(seq)
+            if self.connections.unsent_bytes(client.peer) > 0:
+                # Not drained since the last send: keep only the latest for it.
+                now = trio.current_time()
+                if stalled_since is None:
+                    stalled_since = now
+                elif now - stalled_since > limit:
+                    client.stop(POLICY, "client not reading")
+                    return
+                await trio.sleep(poll)
+                continue
+            stalled_since = None
+            seq = snap.seq
+            text = hub.filtered_text(snap, client.components, client.metrics)
+            await self._send(client, send, {"type": "websocket.send", "text": text})
+
+    async def _receiver(self, client: _Client, receive: Any, send: Any) -> None:
+        limiter = RateLimiter(self.server.message_rate)
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            size = len(data.encode() if isinstance(data, str) else data)
+            if size > self.server.max_message_bytes:
+                client.stop(TOO_BIG, f"message larger than {self.server.max_message_bytes} bytes")
+                return
+            if not limiter.allow("messages"):
+                client.stop(POLICY, f"more than {self.server.message_rate:g} messages/s")
+                return
+            error = self._handle(client, data)
+            if error is not None:
+                reply = json.dumps({"type": "error", "error": error})
+                await self._send(client, send, {"type": "websocket.send", "text": reply})
+            elif self.hub.latest is not None:
+                await self._send_latest(client, send, self.hub.latest)
+
+    async def _send_latest(self, client: _Client, send: Any, snap: Snapshot) -> None:
+        # A new subscription shows at once, not a tick later.
+        text = self.hub.filtered_text(snap, client.components, client.metrics)
+        await self._send(client, send, {"type": "websocket.send", "text": text})
+
+    def _handle(self, client: _Client, data: str | bytes) -> str | None:
+        """Apply one client message; the error text for a bad one."""
+        try:
+            msg = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"expected a JSON object, got invalid JSON: {exc}"
+        if not isinstance(msg, dict):
+            return f"expected a JSON object, got {type(msg).__name__}"
+        kind = msg.get("type")
+        if kind != "subscribe":
+            return f"unknown message type {kind!r}; expected 'subscribe'"
+        parsed: dict[str, frozenset[str] | None] = {}
+        for key in ("components", "metrics"):
+            value = msg.get(key)
+            if value is not None and not (isinstance(value, list)
+                                          and all(isinstance(v, str) for v in value)):
+                return f"subscribe: {key!r} must be a list of strings"
+            parsed[key] = None if value is None else frozenset(value)
+        unknown = set(msg) - {"type", "components", "metrics"}
+        if unknown:
+            return f"subscribe: unknown keys {sorted(unknown)}"
+        client.components = parsed["components"]
+        metrics = parsed["metrics"]
+        client.metrics = None if metrics is None else normalise_metrics(metrics)
+        return None
+
+
+async def _close(send: Any, code: int, reason: str) -> None:
+    await send({"type": "websocket.close", "code": code, "reason": reason})
