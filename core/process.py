@@ -1,0 +1,492 @@
+"""One OS process: spawn, output capture, stop escalation, and the stragglers.
+
+A ChildProcess is spawned from the main trio thread with `subprocess.Popen`
+(own session, parent-death signal, stdin from /dev/null, stdout and stderr
+drained line by line into a LogTail) and waited for with a pidfd, so the
+event loop never blocks. Stopping it is polite first (the configured signal to
+the whole process group and to every descendant seen just before), then
+SIGKILL for whatever still lives, including grandchildren that left the group
+with setsid().
+
+Every child carries CHILD_ENV=<RUN_ID>/<n> in its environment. Descendants
+inherit it, so a process that escaped its group and lost its parent can still
+be traced back to the child that started it, in this run (`stop`) or by the
+next one after a crash (core.leftovers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import psutil
+import trio
+
+from core.logs import MAX_LINE, LogTail
+
+#: Environment variable that marks a process (and its descendants) as ours.
+CHILD_ENV = "CONTROL_CENTER_CHILD"
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+# Loaded before any fork: the child side of fork must not load libraries.
+_libc = ctypes.CDLL(None, use_errno=True)
+_me: psutil.Process = psutil.Process()
+
+
+def _self() -> psutil.Process:
+    """This process (cached; renewed in a forked copy of the interpreter)."""
+    global _me
+    if _me.pid != os.getpid():
+        _me = psutil.Process()
+    return _me
+
+
+#: This supervisor process, unique across runs (pid + start time).
+RUN_ID = f"{_me.pid}-{round(_me.create_time() * 100)}"
+
+_counter = itertools.count(1)
+
+# reap_orphans() may run in a worker thread: between Popen returning and the
+# child entering _live, it must not mistake a fast-exiting new child for an orphan.
+_registry_lock = threading.Lock()
+
+#: Live children by leader pid, for kill_all_now() at exit and reap_orphans().
+_live: dict[int, ChildProcess] = {}
+
+#: After everything we know of is dead, how long the output readers may keep
+#: reading before we close our ends of the pipes (something unknown holds them).
+DRAIN_GRACE = 0.5
+
+#: How long what a child left behind when it exited on its own gets after SIGTERM.
+LEFTOVER_GRACE = 1.0
+
+#: How long wait() lets the output readers catch up after the exit, so that the
+#: last lines a child wrote come before the supervisor's "exited" note.
+EXIT_DRAIN = 0.1
+
+#: A SIGKILLed process is gone within this bound unless the kernel is stuck.
+KILL_WAIT = 5.0
+
+
+class SpawnError(Exception):
+    """The command could not be started (not found, not executable, bad cwd)."""
+
+
+def enable_subreaper(on: bool = True) -> bool:
+    """Make this process adopt orphaned descendants instead of init (Linux).
+
+    Called once at start-up: a grandchild whose parent dies is then re-parented
+    to us, where stop() can still find it (and where reap_orphans() must reap
+    it). Returns False if unsupported.
+    """
+    return _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every live descendant of `pid` (empty if `pid` is gone)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie (is_running() also guards against pid reuse)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _marker(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(CHILD_ENV)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
+
+
+def _kill(procs: Iterable[psutil.Process], sig: int) -> list[psutil.Process]:
+    """Send `sig` to each live process; returns those it reached."""
+    reached = []
+    for proc in procs:
+        if proc.pid == _self().pid or not _alive(proc):
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(sig)
+            reached.append(proc)
+    return reached
+
+
+def _describe(procs: Sequence[psutil.Process]) -> str:
+    return ", ".join(str(p.pid) for p in procs)
+
+
+def stragglers() -> list[psutil.Process]:
+    """Descendants of this supervisor that are neither a live child nor in a live child's group.
+
+    With the subreaper enabled these are orphans of our children's descendants.
+    """
+    groups = set(_live)
+    found = []
+    for proc in descendants(_self().pid):
+        if proc.pid in _live or not _alive(proc):
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) in groups:
+                continue
+            found.append(proc)
+    return found
+
+
+def reap_orphans() -> list[int]:
+    """Reap adopted zombies (exited processes that are not ChildProcess leaders).
+
+    Never waitpid(-1): that would steal our own children's exit status. Zombies
+    in the supervisor's own session are left alone too: those are children that
+    other code started with a plain fork and will wait for itself.
+    """
+    with _registry_lock:
+        return _reap_orphans()
+
+
+def _reap_orphans() -> list[int]:
+    reaped = []
+    own_session = os.getsid(0)
+    for proc in _self().children():
+        if proc.pid in _live:
+            continue
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE or os.getsid(proc.pid) == own_session:
+                continue
+            pid, _ = os.waitpid(proc.pid, os.WNOHANG)
+        except (psutil.NoSuchProcess, ChildProcessError, ProcessLookupError):
+            continue
+        if pid:
+            reaped.append(pid)
+    return reaped
+
+
+def kill_all_now() -> None:
+    """SIGKILL every live child, its group and its known descendants (at exit)."""
+    for child in list(_live.values()):
+        child.kill_now()
+
+
+def _preexec(parent_pid: int) -> None:
+    # Runs in the forked child, before exec: the death signal fires when the
+    # *thread* that forked exits, which is why spawn() must run on trio's main
+    # thread, never from a worker thread.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        # The parent died before prctl took effect: nobody will ever stop us.
+        os._exit(1)
+
+
+def _spawn_error(exc: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
+    if cwd is not None and exc.filename == cwd:
+        if isinstance(exc, FileNotFoundError):
+            return SpawnError(f"working directory not found: {cwd}")
+        return SpawnError(f"cannot use working directory {cwd}: {exc.strerror}")
+    if isinstance(exc, FileNotFoundError):
+        return SpawnError(f"command not found: {argv[0]}")
+    if isinstance(exc, PermissionError):
+        return SpawnError(f"permission denied: {argv[0]} (is it executable?)")
+    return SpawnError(f"cannot run {argv[0]}: {exc.strerror or exc}")
+
+
+def _split_lines(pending: bytes, data: bytes) -> tuple[list[bytes], bytes]:
+    """Complete lines in pending+data, and what is left; overlong runs become several lines."""
+    lines = (pending + data).split(b"\n")
+    rest = lines.pop()
+    out = []
+    for line in [*lines, rest]:
+        while len(line) > MAX_LINE:
+            cut = MAX_LINE
+            # Do not cut a UTF-8 sequence in two: back off over continuation bytes.
+            while cut > MAX_LINE - 4 and (line[cut] & 0xC0) == 0x80:
+                cut -= 1
+            out.append(line[:cut])
+            line = line[cut:]
+        out.append(line)
+    rest = out.pop()
+    return out, rest
+
+
+class ChildProcess:
+    """One spawned OS process: its own session, death signal, drained output."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], log: LogTail, marker: str,
+                 on_exit_reaped: Callable[[ChildProcess], None] | None) -> None:
+        self._popen = popen
+        self.pid: int = popen.pid
+        self.pgid: int = popen.pid
+        self.started_at: float = time.monotonic()
+        self.returncode: int | None = None
+        self.log = log
+        self.marker = marker
+        self._on_exit_reaped = on_exit_reaped
+        # Opened before anything can reap the pid, so it cannot name another process.
+        self._pidfd: int | None = os.pidfd_open(self.pid)
+        self._wait_lock = trio.Lock()
+        self._exited = trio.Event()
+        self._drains_done = trio.Event()
+        self._drain_scope = trio.CancelScope()
+        self._streams: list[trio.lowlevel.FdStream] = []
+        self._known: dict[int, psutil.Process] = {}
+        self._stopping = False
+
+    @classmethod
+    async def spawn(cls, nursery: trio.Nursery, argv: Sequence[str], *, cwd: str | None,
+                    env: Mapping[str, str] | None, log: LogTail,
+                    on_exit_reaped: Callable[[ChildProcess], None] | None = None
+                    ) -> ChildProcess:
+        """Start `argv`; must be called from trio's main thread (see _preexec)."""
+        argv = list(argv)
+        if not argv:
+            raise SpawnError("empty command")
+        marker = f"{RUN_ID}/{next(_counter)}"
+        parent = os.getpid()
+        full_env = {**os.environ, **(env or {}), CHILD_ENV: marker}
+        with _registry_lock:
+            try:
+                popen = subprocess.Popen(
+                    argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    close_fds=True, preexec_fn=lambda: _preexec(parent))
+            except OSError as exc:
+                raise _spawn_error(exc, argv, cwd) from None
+            except subprocess.SubprocessError as exc:
+                raise SpawnError(f"cannot run {argv[0]}: {exc}") from None
+            child = cls(popen, log, marker, on_exit_reaped)
+            _live[child.pid] = child
+        for pipe in (popen.stdout, popen.stderr):
+            assert pipe is not None
+            # Our own copy of the fd: FdStream owns and closes it, Popen forgets its file.
+            child._streams.append(trio.lowlevel.FdStream(os.dup(pipe.fileno())))
+            pipe.close()
+        popen.stdout = popen.stderr = None
+        nursery.start_soon(child._drain_all)
+        nursery.start_soon(child._watch)
+        await trio.lowlevel.checkpoint()
+        return child
+
+    def __repr__(self) -> str:
+        return f"<ChildProcess pid={self.pid} returncode={self.returncode}>"
+
+    # -- output ---------------------------------------------------------------
+
+    async def _drain_all(self) -> None:
+        try:
+            with self._drain_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._drain, self._streams[0], "stdout")
+                    nursery.start_soon(self._drain, self._streams[1], "stderr")
+        finally:
+            for stream in self._streams:
+                stream.close()
+            self._drains_done.set()
+
+    async def _drain(self, stream: trio.lowlevel.FdStream, name: str) -> None:
+        pending = b""
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                lines, pending = _split_lines(pending, data)
+                for line in lines:
+                    self.log.append(name, line.decode("utf-8", errors="replace"))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        finally:
+            if pending:
+                self.log.append(name, pending.decode("utf-8", errors="replace"))
+
+    # -- exit -----------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        await self.wait()
+        if not self._stopping:
+            await self._after_exit()
+
+    async def _after_exit(self) -> None:
+        """The leader exited on its own: end what it left behind, as a stop would."""
+        self._stopping = True
+        others = [p for p in self._ours() if p.pid != self.pid]
+        if self._group_alive() or others:
+            self.log.note(f"pid {self.pid} exited, leaving processes behind: sent SIGTERM, "
+                          f"SIGKILL in {LEFTOVER_GRACE:.1f} s")
+            self.signal_group(signal.SIGTERM)
+            _kill(others, signal.SIGTERM)
+            with trio.move_on_after(LEFTOVER_GRACE):
+                while self._group_alive() or any(_alive(p) for p in others):
+                    await trio.sleep(0.02)
+            await self._end_leftovers()
+        await self._close_output()
+        _live.pop(self.pid, None)
+
+    async def wait(self) -> int:
+        """Wait for the leader to exit (without blocking the loop); returns its code."""
+        async with self._wait_lock:
+            while self.returncode is None:
+                if self._pidfd is None:
+                    break
+                with contextlib.suppress(trio.ClosedResourceError):
+                    # Closed under us means kill_now() reaped it meanwhile.
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                self._try_reap()
+        with trio.move_on_after(EXIT_DRAIN):
+            await self._drains_done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _try_reap(self) -> bool:
+        if self.returncode is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Someone else reaped it; the status is lost.
+            pid, status = self.pid, 255 << 8
+        if pid == 0:
+            return False
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self._popen.returncode = self.returncode  # keeps Popen.__del__ quiet
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            with contextlib.suppress(RuntimeError):  # RuntimeError: not in trio (at exit)
+                trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+        self._exited.set()
+        try:
+            os.killpg(self.pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            # Nothing of it is left: no need to remember it for kill_all_now().
+            _live.pop(self.pid, None)
+        if self._on_exit_reaped is not None:
+            self._on_exit_reaped(self)
+        return True
+
+    # -- signals --------------------------------------------------------------
+
+    def signal_group(self, sig: int) -> None:
+        """Send `sig` to the child's process group."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+
+    def _remember_descendants(self) -> None:
+        if self.returncode is None:
+            for proc in descendants(self.pid):
+                self._known.setdefault(proc.pid, proc)
+
+    def _ours(self) -> list[psutil.Process]:
+        """Everything still alive that this child started: seen descendants, marked orphans."""
+        found = {pid: p for pid, p in self._known.items() if _alive(p)}
+        # Members of live groups are covered by killpg (ours) or belong to another
+        # child: only the rest can be an escapee of ours, recognised by its marker.
+        for proc in stragglers():
+            if proc.pid not in found and _marker(proc) == self.marker:
+                found[proc.pid] = proc
+        return list(found.values())
+
+    async def stop(self, sig: int, timeout: float) -> int:
+        """Signal the group with `sig`, wait up to `timeout`, then SIGKILL whatever is left.
+
+        Works on a child that already exited too: it then ends what the child
+        left behind. Returns the leader's returncode. Never hangs.
+        """
+        deadline = trio.current_time() + timeout
+        name = signal.Signals(sig).name
+        self._stopping = True
+        self._remember_descendants()
+        others = [p for p in self._ours() if p.pid != self.pid]
+        if self.returncode is None:
+            self.signal_group(sig)
+            _kill(others, sig)
+            extra = f" and {len(others)} descendant(s)" if others else ""
+            self.log.note(f"sent {name} to process group {self.pgid}{extra}")
+        elif others:
+            _kill(others, sig)
+            self.log.note(f"sent {name} to {len(others)} process(es) left by pid {self.pid}: "
+                          f"{_describe(others)}")
+        with trio.move_on_at(deadline):
+            await self.wait()
+            # The leader is gone; give the rest of the group the same deadline.
+            while self._group_alive() or any(_alive(p) for p in others):
+                await trio.sleep(0.02)
+        if self.returncode is None:
+            self.log.note(f"still running after {timeout:.1f} s: sent SIGKILL to process "
+                          f"group {self.pgid}")
+            self.signal_group(signal.SIGKILL)
+            with trio.move_on_after(KILL_WAIT):
+                await self.wait()
+            if self.returncode is None:
+                self.log.note(f"pid {self.pid} survived SIGKILL for {KILL_WAIT:.1f} s; giving up")
+                return -signal.SIGKILL
+        await self._end_leftovers()
+        await self._close_output()
+        _live.pop(self.pid, None)
+        reap_orphans()
+        return self.returncode
+
+    def _group_alive(self) -> bool:
+        """Whether a live (non-zombie) process is left in the child's process group."""
+        try:
+            os.killpg(self.pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        # killpg(0) also succeeds on a group made only of zombies (an orphan's
+        # parent may never reap it), so look at the members themselves; a
+        # getpgid() per pid costs about a microsecond.
+        for pid in psutil.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == self.pgid and _alive(psutil.Process(pid)):
+                    return True
+        return False
+
+    async def _end_leftovers(self) -> None:
+        """SIGKILL the group and every descendant still alive after the leader is gone."""
+        self.signal_group(signal.SIGKILL)
+        left = _kill(self._ours(), signal.SIGKILL)
+        if left:
+            self.log.note(f"killed {len(left)} leftover process(es) of pid {self.pid}: "
+                          f"{_describe(left)}")
+            with trio.move_on_after(KILL_WAIT):
+                while any(_alive(p) for p in left):
+                    reap_orphans()
+                    await trio.sleep(0.01)
+        self._known.clear()
+
+    async def _close_output(self) -> None:
+        with trio.move_on_after(DRAIN_GRACE):
+            await self._drains_done.wait()
+        if not self._drains_done.is_set():
+            self.log.note("output pipe still held open by an unknown process: stopped reading")
+            self._drain_scope.cancel()
+            with trio.move_on_after(1.0):
+                await self._drains_done.wait()
+
+    def kill_now(self) -> None:
+        """Synchronous SIGKILL of the group and every known descendant (used at exit)."""
+        self._remember_descendants()
+        procs = self._ours()
+        self.signal_group(signal.SIGKILL)
+        _kill(procs, signal.SIGKILL)
+        if self.returncode is None and self._pidfd is not None:
+            # Bounded: a SIGKILLed process is normally gone in microseconds.
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            if poller.poll(1000):
+                self._try_reap()
+        _live.pop(self.pid, None)
+

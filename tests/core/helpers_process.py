@@ -1,0 +1,54 @@
+"""Helpers for tests that start real processes: liveness, waiting for output."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+import trio
+
+from core.logs import LogTail
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[2]
+
+
+def py(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (orphans' zombies may never be reaped here)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
+    """Poll until none of `pids` is alive; returns those still alive at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [pid for pid in pids if alive(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+async def wait_text(log: LogTail, prefix: str, timeout: float = 10.0) -> str:
+    """The first line from the child starting with `prefix` (waits for it)."""
+    seq = 0
+    with trio.fail_after(timeout):
+        while True:
+            for line in log.since(seq):
+                if line.stream != "supervisor" and line.text.startswith(prefix):
+                    return line.text
+                seq = line.seq
+            await log.wait_after(seq)
+
+
+def notes(log: LogTail) -> list[str]:
+    return [x.text for x in log.tail(1000) if x.stream == "supervisor"]
