@@ -88,6 +88,8 @@ function renderStatus() {
   const banner = $("banner");
   const now = $("reconnect-now");
   conn.dataset.state = status.state;
+  // The last close code, for troubleshooting (and the browser tests).
+  conn.dataset.closeCode = status.code == null ? "" : String(status.code);
   let label;
   switch (status.state) {
     case "connected":

@@ -41,6 +41,11 @@ function formatTick(value) {
   return String(+value.toFixed(2));
 }
 
+function formatValue(value) {
+  if (Math.abs(value) >= 100) return formatTick(value);
+  return value.toFixed(1);
+}
+
 function formatTime(ms) {
   return new Date(ms).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit",
     second: "2-digit", hour12: false});
@@ -58,7 +63,7 @@ export class LineChart {
     this.unit = options.unit || "";
     this.fixedMax = options.max ?? null;
     this.maxPoints = options.maxPoints || 900;
-    this.format = options.format || ((v) => `${formatTick(v)}${this.unit ? ` ${this.unit}` : ""}`);
+    this.format = options.format || ((v) => `${formatValue(v)}${this.unit ? ` ${this.unit}` : ""}`);
     this.series = [];
     this.points = [];
     this.width = 0;

@@ -31,11 +31,11 @@ export function createCharts(container) {
   const compCpu = make("chart-component-cpu", {title: "Component CPU", unit: "%"});
   const compMem = make("chart-component-memory", {title: "Component memory", unit: "MB"});
   const storage = make("chart-storage", {title: "Storage size", unit: "MB"});
-  storage.setSeries([{key: "storage_size_mb", label: "Size"}]);
+  storage.setSeries([{key: "storage_size_mb", label: "Size", color: "#3ecf8e"}]);
   const qps = make("chart-qps", {title: "Queries per second", unit: "q/s"});
-  qps.setSeries([{key: "queries_per_second", label: "Queries/s"}]);
+  qps.setSeries([{key: "queries_per_second", label: "Queries/s", color: "#a78bfa"}]);
   const latency = make("chart-latency", {title: "Average latency", unit: "ms"});
-  latency.setSeries([{key: "avg_latency_ms", label: "Latency"}]);
+  latency.setSeries([{key: "avg_latency_ms", label: "Latency", color: "#f7b955"}]);
 
   const metricCharts = [system, storage, qps, latency];
   let names = {};
