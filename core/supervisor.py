@@ -119,6 +119,7 @@ class Supervisor:
         self._listeners: list[Callable[[str, ComponentState, ComponentState], None]] = []
         self._reload_lock = trio.Lock()
         self.tick_count = 0
+        self._iso_cache: tuple[float, str] = (0.0, iso_utc(0.0))
         for cid, cfg in config.components.items():
             self._components[cid] = self._new_component(cfg)
 
@@ -586,6 +587,12 @@ class Supervisor:
             fn(comp.cfg.id, old, new)
         self._notify()
 
+    def _iso(self, ts: float) -> str:
+        # Every component of a tick shares one timestamp: format it once.
+        if self._iso_cache[0] != ts:
+            self._iso_cache = (ts, iso_utc(ts))
+        return self._iso_cache[1]
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -639,7 +646,7 @@ class Supervisor:
             "cpu_percent": comp.cpu_percent if running else None,
             "memory_mb": comp.memory_mb if running else None,
             "error": error,
-            "last_updated": iso_utc(comp.last_updated),
+            "last_updated": self._iso(comp.last_updated),
             "plugin": comp.cfg.plugin,
             "restarts": comp.restarts,
             "exit_code": comp.exit_code,

@@ -1,0 +1,205 @@
+"""Supervisor core figures: restart latency, per-tick cost, idle overhead.
+
+    python bench/core_bench.py restart [--runs 20]
+    python bench/core_bench.py tick [--components 200] [--ticks 20]
+    python bench/core_bench.py idle [--components 50] [--seconds 60]
+
+Every run is bounded in count and time, spawns only its own children and
+ends them before it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.config import load  # noqa: E402
+from core.plugins import PluginManager  # noqa: E402
+from core.states import ComponentState  # noqa: E402
+from core.supervisor import Supervisor  # noqa: E402
+
+PY = sys.executable
+SLEEPER = f'["{PY}", "-c", "import time; time.sleep(3600)"]'
+
+
+def write_config(directory: Path, components: int, *, interval: float, extra: str = "") -> Path:
+    body = [f"[server]\nport = 0\ninterval = {interval}\n"]
+    for i in range(components):
+        body.append(f'[components.c{i:03d}]\nplugin = "process"\ncommand = {SLEEPER}\n{extra}')
+    path = directory / "config.toml"
+    path.write_text("\n".join(body))
+    return path
+
+
+def load_config(path: Path):
+    plugins = PluginManager()
+    return load(path, plugins=plugins.names, validate=plugins.validate), plugins
+
+
+async def _restart(runs: int, directory: Path) -> list[float]:
+    cfg, plugins = load_config(write_config(directory, 1, interval=2.0,
+                                            extra="stable_after = 0.0\n"))
+    sup = Supervisor(cfg, plugins)
+    running_at: list[float] = []
+    new_running = trio.Event()
+
+    def listener(cid: str, old: ComponentState, new: ComponentState) -> None:
+        nonlocal new_running
+        if new == ComponentState.RUNNING:
+            running_at.append(time.perf_counter())
+            new_running.set()
+
+    sup.add_listener(listener)
+    latencies: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        with trio.fail_after(10):
+            while sup.view("c000")["pid"] is None:
+                await new_running.wait()
+        for _ in range(runs):
+            await trio.sleep(0.2)  # healthy, past stable_after
+            pid = sup.view("c000")["pid"]
+            new_running = trio.Event()
+            killed = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            with trio.fail_after(10):
+                await new_running.wait()
+            new_pid = sup.view("c000")["pid"]
+            assert new_pid not in (None, pid) and psutil.pid_exists(new_pid)
+            latencies.append((running_at[-1] - killed) * 1000)
+        await sup.shutdown()
+        nursery.cancel_scope.cancel()
+    return latencies
+
+
+class StepTimer(trio.abc.Instrument):
+    """Longest single task step: how long the event loop was blocked at once."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.where = ""
+        self._began: float | None = None
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._began = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._began is not None:  # None for the step that added the instrument
+            took = time.perf_counter() - self._began
+            if took > self.longest:
+                self.longest, self.where = took, task.name
+        self._began = None
+
+
+async def _tick(components: int, ticks: int, directory: Path) -> dict[str, float]:
+    cfg, plugins = load_config(write_config(directory, components, interval=3600))
+    sup = Supervisor(cfg, plugins)
+    timer = StepTimer()
+    walls: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        with trio.fail_after(60):
+            while any(sup.view(c)["health"] != "healthy" for c in sup.component_ids()):
+                await trio.sleep(0.1)
+        await sup.tick()  # warm the psutil cache
+        trio.lowlevel.add_instrument(timer)
+        for _ in range(ticks):
+            began = time.perf_counter()
+            doc = await sup.tick()
+            walls.append((time.perf_counter() - began) * 1000)
+            assert len(doc["components"]) == components
+            await trio.sleep(0.05)
+        trio.lowlevel.remove_instrument(timer)
+        await sup.shutdown()
+        nursery.cancel_scope.cancel()
+    return {"median_ms": statistics.median(walls), "max_ms": max(walls),
+            "longest_step_ms": timer.longest * 1000, "where": timer.where}
+
+
+def _idle(components: int, seconds: float, directory: Path) -> dict[str, float]:
+    path = write_config(directory, components, interval=2.0)
+    text = path.read_text().replace("port = 0", f"port = {_free_port()}")
+    path.write_text(text)
+    proc = subprocess.Popen([PY, "-m", "core", "--config", str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sup = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while len(sup.children()) < components and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # let start-up settle
+        cpu0 = sum(sup.cpu_times()[:2])
+        rss_start = sup.memory_info().rss
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        cpu = sum(sup.cpu_times()[:2]) - cpu0
+        wall = time.monotonic() - t0
+        rss_end = sup.memory_info().rss
+        return {"cpu_percent_of_one_core": 100 * cpu / wall,
+                "rss_start_mb": rss_start / 2**20, "rss_end_mb": rss_end / 2**20,
+                "children": len(sup.children())}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("restart")
+    p.add_argument("--runs", type=int, default=20)
+    p = sub.add_parser("tick")
+    p.add_argument("--components", type=int, default=200)
+    p.add_argument("--ticks", type=int, default=20)
+    p = sub.add_parser("idle")
+    p.add_argument("--components", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        if args.what == "restart":
+            lat = trio.run(_restart, args.runs, directory)
+            print(f"restart latency over {len(lat)} kill -9s: median "
+                  f"{statistics.median(lat):.2f} ms, max {max(lat):.2f} ms, "
+                  f"min {min(lat):.2f} ms")
+        elif args.what == "tick":
+            r = trio.run(_tick, args.components, args.ticks, directory)
+            print(f"tick with {args.components} components over {args.ticks} ticks: "
+                  f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms wall; longest "
+                  f"event-loop step {r['longest_step_ms']:.2f} ms ({r['where']})")
+        else:
+            r = _idle(args.components, args.seconds, directory)
+            print(f"idle with {args.components} components for {args.seconds:g} s: supervisor "
+                  f"CPU {r['cpu_percent_of_one_core']:.2f} % of one core, RSS "
+                  f"{r['rss_start_mb']:.1f} -> {r['rss_end_mb']:.1f} MB, "
+                  f"{r['children']} children")
+
+
+if __name__ == "__main__":
+    main()
