@@ -28,6 +28,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -110,16 +111,17 @@ class StorageClient:
 class Window:
     """Requests and their latency over the last `seconds`, in one-second buckets."""
 
-    def __init__(self, seconds: int = 10) -> None:
+    def __init__(self, seconds: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
-        self.started = time.monotonic()
+        self._clock = clock
+        self.started = clock()
         self.total = 0
         self.errors = 0
         self._buckets = [[-1, 0, 0.0] for _ in range(seconds)]  # [second, count, latency]
         self._lock = threading.Lock()
 
     def record(self, latency: float, *, error: bool = False) -> None:
-        now = int(time.monotonic())
+        now = int(self._clock())
         with self._lock:
             bucket = self._buckets[now % self.seconds]
             if bucket[0] != now:
@@ -130,7 +132,7 @@ class Window:
             self.errors += error
 
     def figures(self) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self._clock()
         oldest = int(now) - self.seconds + 1
         with self._lock:
             live = [b for b in self._buckets if b[0] >= oldest]
