@@ -65,19 +65,21 @@ class CoreServer:
     """`python -m core --config <tmp>/config.toml` as a real subprocess."""
 
     def __init__(self, tmp: Path, components: str, *, interval: float = 0.3,
-                 port: int | None = None, server_extra: str = "") -> None:
+                 port: int | None = None, server_extra: str = "",
+                 config_text: str | None = None) -> None:
+        """Write tmp/config.toml: [server] + components, or config_text as given."""
         self.tmp = tmp
         self.port = port or free_port()
         self.interval = interval
         self.config = tmp / "config.toml"
-        self.config.write_text(
+        self.config.write_text(config_text if config_text is not None else (
             "[server]\n"
             'host = "127.0.0.1"\n'
             f"port = {self.port}\n"
             f"interval = {interval}\n"
             f"data_dir = {toml_str(str(tmp / 'data'))}\n"
             f"log_dir = {toml_str(str(tmp / 'logs'))}\n"
-            f"{server_extra}\n\n{components}")
+            f"{server_extra}\n\n{components}"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = tmp / "core-output.txt"
 
@@ -91,7 +93,8 @@ class CoreServer:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.output.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, *os.environ.get("CC_CORE_RUNNER", "-m core").split(), "--config", str(self.config)],
+                [sys.executable, *os.environ.get("CC_CORE_RUNNER", "-m core").split(),
+                 "--config", str(self.config)],
                 cwd=self.tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -215,6 +218,7 @@ def helpers() -> Any:
         watch_attribute = staticmethod(watch_attribute)
         save_artifact = staticmethod(save_artifact)
         free_port = staticmethod(free_port)
+        toml_str = staticmethod(toml_str)
         repo = REPO
 
     return Helpers
