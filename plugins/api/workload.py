@@ -61,6 +61,11 @@ class Client:
         except ValueError:
             return resp.status, {"error": raw[:200].decode(errors="replace")}
 
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
 
 def sentence(rng: random.Random) -> str:
     return " ".join(rng.sample(VOCABULARY, rng.randint(4, 8)))
@@ -69,8 +74,15 @@ def sentence(rng: random.Random) -> str:
 def run(url: str, rate: float, count: int | None, duration: float | None,
         stop: threading.Event, seed: int | None = None) -> dict[str, int]:
     """Send requests until stopped or bounded out; returns counts by outcome."""
-    rng = random.Random(seed)
     client = Client(url)
+    try:
+        return _run(client, url, rate, count, duration, stop, random.Random(seed))
+    finally:
+        client.close()
+
+
+def _run(client: Client, url: str, rate: float, count: int | None, duration: float | None,
+         stop: threading.Event, rng: random.Random) -> dict[str, int]:
     known: list[str] = []
     counts = {"learned": 0, "queried": 0, "fetched": 0, "failed": 0}
     started = time.monotonic()

@@ -207,3 +207,8 @@ def serve_until_stopped(server: Server, stop: threading.Event,
         on_stop()
     finally:
         server.server_close()
+        # The work is done: a late SIGTERM (a supervisor escalating after a
+        # POST /shutdown) must not turn this clean exit into "killed by
+        # signal". Ignored handlers survive interpreter finalization.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
