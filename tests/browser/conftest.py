@@ -93,8 +93,7 @@ class CoreServer:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.output.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, *os.environ.get("CC_CORE_RUNNER", "-m core").split(),
-                 "--config", str(self.config)],
+                [sys.executable, "-m", "core", "--config", str(self.config)],
                 cwd=self.tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -75,6 +75,7 @@ def test_asks_for_the_token_once_then_works(new_page: Any, server: Any) -> None:
 def test_a_revoked_token_asks_again(new_page: Any, server: Any) -> None:
     page, errors = new_page()
     page.goto(f"{server.url}/")
+    page.locator("#auth-form").wait_for()  # the first boot is over
     page.evaluate("(t) => sessionStorage.setItem('control-center.token', t)", "stale-token")
     page.reload()
     page.locator("#auth-form").wait_for()
