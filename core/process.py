@@ -92,12 +92,40 @@ def enable_subreaper(on: bool = True) -> bool:
     return _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
-def descendants(pid: int) -> list[psutil.Process]:
+def _ppid_map() -> dict[int, int]:
+    """pid -> parent pid for every process: one pass over /proc.
+
+    About twice as fast as psutil's children(recursive=True), and one table
+    serves several look-ups within a stop.
+    """
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            table[int(name)] = int(data[data.rfind(b")") + 2:].split(None, 2)[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def descendants(pid: int, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
     """Every live descendant of `pid` (empty if `pid` is gone)."""
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
+    table = _ppid_map() if table is None else table
+    children: dict[int, list[int]] = {}
+    for child, parent in table.items():
+        children.setdefault(parent, []).append(child)
+    found = []
+    todo = list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            found.append(psutil.Process(child))
+        todo.extend(children.get(child, ()))
+    return found
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -131,14 +159,14 @@ def _describe(procs: Sequence[psutil.Process]) -> str:
     return ", ".join(str(p.pid) for p in procs)
 
 
-def stragglers() -> list[psutil.Process]:
+def stragglers(table: Mapping[int, int] | None = None) -> list[psutil.Process]:
     """Descendants of this supervisor that are neither a live child nor in a live child's group.
 
     With the subreaper enabled these are orphans of our children's descendants.
     """
     groups = set(_live)
     found = []
-    for proc in descendants(_self().pid):
+    for proc in descendants(_self().pid, table):
         if proc.pid in _live or not _alive(proc):
             continue
         with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
@@ -384,17 +412,17 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
 
-    def _remember_descendants(self) -> None:
+    def _remember_descendants(self, table: Mapping[int, int]) -> None:
         if self.returncode is None:
-            for proc in descendants(self.pid):
+            for proc in descendants(self.pid, table):
                 self._known.setdefault(proc.pid, proc)
 
-    def _ours(self) -> list[psutil.Process]:
+    def _ours(self, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
         """Everything still alive that this child started: seen descendants, marked orphans."""
         found = {pid: p for pid, p in self._known.items() if _alive(p)}
         # Members of live groups are covered by killpg (ours) or belong to another
         # child: only the rest can be an escapee of ours, recognised by its marker.
-        for proc in stragglers():
+        for proc in stragglers(table):
             if proc.pid not in found and _marker(proc) == self.marker:
                 found[proc.pid] = proc
         return list(found.values())
@@ -408,8 +436,9 @@ class ChildProcess:
         deadline = trio.current_time() + timeout
         name = signal.Signals(sig).name
         self._stopping = True
-        self._remember_descendants()
-        others = [p for p in self._ours() if p.pid != self.pid]
+        table = _ppid_map()
+        self._remember_descendants(table)
+        others = [p for p in self._ours(table) if p.pid != self.pid]
         if self.returncode is None:
             self.signal_group(sig)
             _kill(others, sig)
@@ -478,8 +507,9 @@ class ChildProcess:
 
     def kill_now(self) -> None:
         """Synchronous SIGKILL of the group and every known descendant (used at exit)."""
-        self._remember_descendants()
-        procs = self._ours()
+        table = _ppid_map()
+        self._remember_descendants(table)
+        procs = self._ours(table)
         self.signal_group(signal.SIGKILL)
         _kill(procs, signal.SIGKILL)
         if self.returncode is None and self._pidfd is not None:
