@@ -71,6 +71,10 @@ class StorageClient:
         self._local.conn = conn
         return conn, False
 
+    def release(self) -> None:
+        """Close the calling thread's connection (its client went away)."""
+        self._drop()
+
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -154,6 +158,13 @@ class APIHandler(JSONHandler):
     server_version = "SutraAPI/1.0"
     storage: StorageClient
     window: Window
+
+    def finish(self) -> None:
+        # One thread per client connection: close its storage connection too.
+        try:
+            super().finish()
+        finally:
+            self.storage.release()
 
     def _forward(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> tuple[int, dict[str, Any]]:

@@ -67,6 +67,14 @@ class EngineHandler(JSONHandler):
             # A read racing the shutdown that closed its connection.
             self.send_json(503, {"error": "the storage engine is shutting down"}, close=True)
 
+    def finish(self) -> None:
+        # One thread per client connection: its SQLite reader goes with it,
+        # or every connection ever made would keep three file descriptors.
+        try:
+            super().finish()
+        finally:
+            self.store.release()
+
     @route("POST", r"/concepts")
     def learn(self) -> tuple[int, dict[str, Any]]:
         body = self.read_json()

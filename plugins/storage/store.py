@@ -129,6 +129,17 @@ class Store:
                 self._readers.append(conn)
         return conn
 
+    def release(self) -> None:
+        """Close the calling thread's reader (its HTTP connection ended)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._readers_lock:
+            if conn in self._readers:  # else close() already closed it
+                self._readers.remove(conn)
+                conn.close()
+
     # -- writes -----------------------------------------------------------------
 
     def learn(self, content: str, *, concept_id: str | None = None, strength: float = 1.0,

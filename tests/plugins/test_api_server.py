@@ -152,3 +152,18 @@ def test_window_forgets_old_requests():
     assert figures["queries_per_second"] == 0.0
     assert figures["avg_latency_ms"] == 0.0
     assert figures["requests_served"] == 20
+
+
+def test_short_connections_do_not_leak_descriptors(api, json_call):
+    import time
+
+    import psutil
+
+    process = psutil.Process(api.proc.pid)
+    for _ in range(20):
+        json_call(api.url, "GET", "/concepts/ghost")
+    before = process.num_fds()
+    for _ in range(200):
+        json_call(api.url, "GET", "/concepts/ghost")
+    time.sleep(0.2)
+    assert process.num_fds() <= before + 10
