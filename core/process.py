@@ -155,6 +155,13 @@ def _kill(procs: Iterable[psutil.Process], sig: int) -> list[psutil.Process]:
     return reached
 
 
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
 def _describe(procs: Sequence[psutil.Process]) -> str:
     return ", ".join(str(p.pid) for p in procs)
 
@@ -279,6 +286,7 @@ class ChildProcess:
                     on_exit_reaped: Callable[[ChildProcess], None] | None = None
                     ) -> ChildProcess:
         """Start `argv`; must be called from trio's main thread (see _preexec)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         argv = list(argv)
         if not argv:
             raise SpawnError("empty command")
@@ -305,7 +313,8 @@ class ChildProcess:
         popen.stdout = popen.stderr = None
         nursery.start_soon(child._drain_all)
         nursery.start_soon(child._watch)
-        await trio.lowlevel.checkpoint()
+        # Not a cancellation point: a caller cancelled here would lose a live child.
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return child
 
     def __repr__(self) -> str:
@@ -434,7 +443,7 @@ class ChildProcess:
         left behind. Returns the leader's returncode. Never hangs.
         """
         deadline = trio.current_time() + timeout
-        name = signal.Signals(sig).name
+        name = _signame(sig)
         self._stopping = True
         table = _ppid_map()
         self._remember_descendants(table)
