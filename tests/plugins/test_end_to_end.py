@@ -38,13 +38,17 @@ def _config(tmp_path: Path, port: int, storage: int, api: int) -> Path:
     return path
 
 
+class NotYet(Exception):
+    """The supervisor has no snapshot yet (503 while it starts)."""
+
+
 def _until(what: str, check: Callable[[], Any], within: float = 20.0) -> Any:
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = check()
-        except (OSError, KeyError):
+        except (OSError, KeyError, NotYet):
             last = None
         if last:
             return last
@@ -64,6 +68,8 @@ def test_shipped_stack_under_the_supervisor(tmp_path, port_factory, json_call):
 
     def status() -> dict[str, Any]:
         code, body = json_call(core, "GET", "/api/status", timeout=2)
+        if code == 503:
+            raise NotYet(body)
         assert code == 200, body
         return body
 
