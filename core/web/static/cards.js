@@ -64,7 +64,7 @@ export class ComponentCards {
     const card = {
       cid, root, data: null, pending: null, feedbackTimer: null,
       name: q(".card-name"), state: q(".state-text"), error: q(".card-error"),
-      note: q(".card-note"), feedback: q(".card-feedback"),
+      note: q(".card-note"), feedback: q(".card-feedback"), logsName: q(".logs .sr-only"),
       fields: {
         pid: q(".f-pid"), uptime: q(".f-uptime"), cpu: q(".f-cpu"), memory: q(".f-memory"),
         restarts: q(".f-restarts"), health: q(".f-health"),
@@ -73,7 +73,7 @@ export class ComponentCards {
         [b.dataset.action, b])),
       logs: {details: q(".logs"), view: q(".log-view"), lastSeq: 0, timer: null, busy: false},
     };
-    q(".card-id").textContent = cid;
+    card.idLine = q(".card-id");
     root.setAttribute("aria-labelledby", `component-${cid}-name`);
     card.name.id = `component-${cid}-name`;
     for (const [action, button] of Object.entries(card.buttons)) {
@@ -91,6 +91,10 @@ export class ComponentCards {
     const state = c.state || "stopped";
     card.root.dataset.state = state;
     setText(card.name, c.name || card.cid);
+    const deps = Array.isArray(c.depends_on) && c.depends_on.length
+      ? ` · needs ${c.depends_on.join(", ")}` : "";
+    setText(card.idLine, `${card.cid}${deps}`);
+    setText(card.logsName, ` of ${c.name || card.cid}`);
     setText(card.state, state);
     const f = card.fields;
     setText(f.pid, c.pid == null ? "–" : String(c.pid));
@@ -108,9 +112,6 @@ export class ComponentCards {
       notes.push(`Restarting in ${formatNumber(c.next_restart_in, 1)} s`);
     }
     if (c.exit_code != null && state !== "running") notes.push(`Exit code ${c.exit_code}`);
-    if (Array.isArray(c.depends_on) && c.depends_on.length) {
-      notes.push(`Depends on ${c.depends_on.join(", ")}`);
-    }
     setText(card.note, notes.join(" · "));
     card.note.hidden = notes.length === 0;
     this.renderButtons(card);
@@ -124,6 +125,9 @@ export class ComponentCards {
       button.classList.toggle("is-busy", busy);
       button.setAttribute("aria-busy", busy ? "true" : "false");
       setText(button, busy ? BUSY_LABEL[action] : LABEL[action]);
+      // Every card has a "Stop": name the component for screen readers.
+      const name = card.data ? card.data.name || card.cid : card.cid;
+      button.setAttribute("aria-label", `${busy ? BUSY_LABEL[action] : LABEL[action]} ${name}`);
     }
   }
 

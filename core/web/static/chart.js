@@ -43,7 +43,7 @@ function formatTick(value) {
 
 function formatValue(value) {
   if (Math.abs(value) >= 100) return formatTick(value);
-  return value.toFixed(1);
+  return value.toFixed(Math.abs(value) < 1 && value !== 0 ? 2 : 1);
 }
 
 function formatTime(ms) {
