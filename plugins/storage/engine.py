@@ -37,7 +37,7 @@ from plugins.storage.jsonhttp import (
     route,
     serve_until_stopped,
 )
-from plugins.storage.store import ID_RE, MAX_CONTENT, Store, StoreError
+from plugins.storage.store import ID_RE, MAX_CONTENT, Store
 
 
 def _fraction(body: dict[str, Any], key: str) -> float:
@@ -59,13 +59,6 @@ class EngineHandler(JSONHandler):
     server_version = "SutraStorage/1.0"
     store: Store
     stop_event: threading.Event
-
-    def _dispatch(self) -> None:
-        try:
-            super()._dispatch()
-        except sqlite3.ProgrammingError:
-            # A read racing the shutdown that closed its connection.
-            self.send_json(503, {"error": "the storage engine is shutting down"}, close=True)
 
     def finish(self) -> None:
         # One thread per client connection: its SQLite reader goes with it,
@@ -101,13 +94,10 @@ class EngineHandler(JSONHandler):
         link_words = body.get("link_words", True)
         if not isinstance(link_words, bool):
             raise HTTPError(400, "link_words must be true or false")
-        try:
-            concept, links = self.store.learn(
-                content, concept_id=concept_id, strength=_fraction(body, "strength"),
-                confidence=_fraction(body, "confidence"), related=related, kind=kind,
-                link_words=link_words)
-        except StoreError as exc:
-            raise HTTPError(exc.status, exc.message) from None
+        concept, links = self.store.learn(
+            content, concept_id=concept_id, strength=_fraction(body, "strength"),
+            confidence=_fraction(body, "confidence"), related=related, kind=kind,
+            link_words=link_words)
         return 201, {"concept": concept, "associations": links}
 
     @route("GET", r"/concepts/([^/]+)")
@@ -130,11 +120,7 @@ class EngineHandler(JSONHandler):
         if not query:
             raise HTTPError(400, "the q parameter (search text) is required")
         limit = self.int_param("limit", 10, 1, 1000)
-        try:
-            results = self.store.search(query, limit)
-        except StoreError as exc:
-            raise HTTPError(exc.status, exc.message) from None
-        return 200, {"query": query, "results": results}
+        return 200, {"query": query, "results": self.store.search(query, limit)}
 
     @route("GET", r"/stats")
     def stats(self) -> tuple[int, dict[str, Any]]:

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from plugins.storage.jsonhttp import HTTPError
+
 DB_NAME = "knowledge.db"
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_CONTENT = 16 * 1024
@@ -58,13 +60,8 @@ CREATE TABLE IF NOT EXISTS terms (
 """
 
 
-class StoreError(Exception):
+class StoreError(HTTPError):
     """A request the store refuses; `status` is the HTTP status that fits."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def words(text: str) -> list[str]:
@@ -203,20 +200,26 @@ class Store:
 
     # -- reads --------------------------------------------------------------------
 
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.ProgrammingError:
+            if self._closed:  # close() closed this reader under our feet
+                raise StoreError(503, "the storage engine is shutting down") from None
+            raise
+
     def get(self, concept_id: str) -> dict[str, Any] | None:
-        row = self._reader().execute("SELECT * FROM concepts WHERE id=?",
-                                     (concept_id,)).fetchone()
-        return _concept(row) if row else None
+        rows = self._rows("SELECT * FROM concepts WHERE id=?", (concept_id,))
+        return _concept(rows[0]) if rows else None
 
     def associations(self, concept_id: str) -> list[dict[str, Any]] | None:
         """Associations from or to the concept; None when the concept does not exist."""
-        db = self._reader()
-        if not db.execute("SELECT 1 FROM concepts WHERE id=?", (concept_id,)).fetchone():
+        if not self._rows("SELECT 1 FROM concepts WHERE id=?", (concept_id,)):
             return None
-        rows = db.execute(
+        rows = self._rows(
             "SELECT * FROM associations WHERE source=? UNION ALL "
             "SELECT * FROM associations WHERE target=? AND source<>? "
-            "ORDER BY strength DESC", (concept_id, concept_id, concept_id)).fetchall()
+            "ORDER BY strength DESC", (concept_id, concept_id, concept_id))
         return [_association(r) for r in rows]
 
     def search(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -226,11 +229,11 @@ class Store:
             raise StoreError(400, "the query needs at least one word of 3 or more letters "
                                   "(not a stop word)")
         marks = ",".join("?" * len(terms))
-        rows = self._reader().execute(
+        rows = self._rows(
             f"SELECT c.*, COUNT(*) AS hits FROM terms t JOIN concepts c ON c.id = t.concept "
             f"WHERE t.word IN ({marks}) GROUP BY c.id "
             f"ORDER BY hits DESC, c.strength DESC, c.created DESC LIMIT ?",
-            (*terms, limit)).fetchall()
+            (*terms, limit))
         return [{**_concept(r), "score": round(r[5] / len(terms), 3)} for r in rows]
 
     def stats(self) -> dict[str, Any]:

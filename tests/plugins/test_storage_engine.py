@@ -125,11 +125,21 @@ def test_clean_shutdown_checkpoints_and_exits_0(services, tmp_path, json_call, h
     for i in range(20):
         assert json_call(engine.url, "POST", "/concepts", {"content": f"item {i} alpha"})[0] == 201
     assert (data / "knowledge.db-wal").stat().st_size > 0
-    if how == "post":
-        assert json_call(engine.url, "POST", "/shutdown") == (202, {"status": "shutting down"})
-        assert engine.proc.wait(10) == 0
-    else:
-        assert engine.stop(signal.SIGTERM) == 0
+    # An idle keep-alive client must not hold the shutdown up.
+    idle = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=5)
+    idle.request("GET", "/health")
+    assert idle.getresponse().read() == b'{"status":"ok"}'
+    started = time.monotonic()
+    try:
+        if how == "post":
+            assert json_call(engine.url, "POST", "/shutdown") == (202,
+                                                                  {"status": "shutting down"})
+            assert engine.proc.wait(10) == 0
+        else:
+            assert engine.stop(signal.SIGTERM) == 0
+    finally:
+        idle.close()
+    assert time.monotonic() - started < 3
     wal = data / "knowledge.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0
     assert "WAL checkpointed" in engine.output()
