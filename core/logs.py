@@ -27,10 +27,26 @@ RETRY_SECONDS = 5.0
 STREAMS = ("stdout", "stderr", "supervisor")
 
 
+_last_ms = -1
+_last_stamp = ""
+_last_second = -1
+_second_prefix = ""
+
+
 def utc_now() -> str:
     """The current time as ISO-8601 UTC with milliseconds, ending in "Z"."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    # Called for every line a child writes: reuse the text within a millisecond
+    # and the date part within a second (a chatty child writes 100k lines/s).
+    global _last_ms, _last_stamp, _last_second, _second_prefix
+    ms = time.time_ns() // 1_000_000
+    if ms != _last_ms:
+        second = ms // 1000
+        if second != _last_second:
+            _second_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            _last_second = second
+        _last_stamp = f"{_second_prefix}{ms % 1000:03d}Z"
+        _last_ms = ms
+    return _last_stamp
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,19 @@ class _RotatingFile:
         # of the supervisor, and there is no buffer to lose on a disk error.
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.size = os.fstat(self.fd).st_size
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Write whole lines, as few write(2) calls as rotation at max_bytes allows."""
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and self.size + size + len(line) > self.max_bytes:
+                self.write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self.write(b"".join(chunk))
 
     def write(self, data: bytes) -> None:
         if self.fd is None:
@@ -129,6 +158,24 @@ class LogTail:
             text = parts[-1]
         return self._append_one(stream, text)
 
+    def extend(self, stream: str, texts: list[str]) -> None:
+        """Keep several lines of one stream at once: one file write for all of them."""
+        if not texts:
+            return
+        stamp = utc_now()
+        new = []
+        for text in texts:
+            if text.endswith("\r"):
+                text = text[:-1]
+            if len(text) > MAX_LINE:
+                text = text[:MAX_LINE]
+            self._seq += 1
+            new.append(LogLine(self._seq, stamp, stream, text))
+        self._lines.extend(new)
+        if self._file is not None and not self._closed:
+            self._write(new)
+        self._wake()
+
     def note(self, text: str) -> LogLine:
         """A lifecycle line written by the supervisor itself ("started pid 123")."""
         return self.append("supervisor", text)
@@ -142,15 +189,16 @@ class LogTail:
         line = LogLine(self._seq, utc_now(), stream, text)
         self._lines.append(line)
         if self._file is not None and not self._closed:
-            self._write(line)
+            self._write([line])
         self._wake()
         return line
 
-    def _write(self, line: LogLine) -> None:
+    def _write(self, lines: list[LogLine]) -> None:
         assert self._file is not None
         if self._file_error is not None and time.monotonic() < self._retry_at:
             return
-        data = f"{line.time} {line.stream} {line.text}\n".encode("utf-8", errors="replace")
+        data = [f"{x.time} {x.stream} {x.text}\n".encode("utf-8", errors="replace")
+                for x in lines]
         recovering = self._file_error is not None
         try:
             if recovering:
@@ -158,7 +206,7 @@ class LogTail:
                 self._file.open()
                 self._file.write(f"{utc_now()} supervisor log file writable again "
                                  f"(lines logged meanwhile are only in memory)\n".encode())
-            self._file.write(data)
+            self._file.write_lines(data)
         except OSError as exc:
             first = self._file_error is None
             self._file_error = f"cannot write {self._file.path}: {exc.strerror or exc}"

@@ -341,8 +341,7 @@ class ChildProcess:
                 if not data:
                     break
                 lines, pending = _split_lines(pending, data)
-                for line in lines:
-                    self.log.append(name, line.decode("utf-8", errors="replace"))
+                self.log.extend(name, [x.decode("utf-8", errors="replace") for x in lines])
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
         finally:

@@ -140,3 +140,17 @@ def test_full_disk_sets_file_error_and_never_raises() -> None:
     assert log.file_error is not None and "No space left" in log.file_error
     assert [x.text for x in log.tail(10) if x.stream == "stdout"] == ["line 0", "line 1", "line 2"]
     log.close()
+
+
+def test_extend_keeps_many_lines_and_rotates_within_the_size(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    log = LogTail(path, lines=500, max_bytes=2000, backups=1)
+    log.append("stdout", "first")
+    log.extend("stderr", [f"batch {i:03d}\r" for i in range(100)])
+    log.extend("stderr", [])
+    assert log.last_seq == 101
+    assert [x.text for x in log.since(99)] == ["batch 098", "batch 099"]
+    log.close()
+    assert path.stat().st_size <= 2000
+    assert (tmp_path / "x.log.1").stat().st_size <= 2000
+    assert path.read_text().splitlines()[-1].endswith(" stderr batch 099")
