@@ -187,6 +187,10 @@ class RunRecord:
     def _find(self, doc: dict[str, Any]) -> dict[int, tuple[psutil.Process, str]]:
         """The live processes of the previous run, each with why it is one."""
         found: dict[int, tuple[psutil.Process, str]] = {}
+        if (doc.get("supervisor") or {}).get("run_id") == RUN_ID:
+            # Written by this very process (an earlier supervisor object in it):
+            # nothing of that run crashed, and what lives of it may be in use.
+            return found
         sessions: dict[int, str] = {}
         children = doc.get("children")
         for pid_text, rec in (children.items() if isinstance(children, dict) else ()):

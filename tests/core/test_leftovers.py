@@ -182,3 +182,16 @@ def test_an_unreadable_record_is_ignored(run_json: Path) -> None:
     assert record.end_leftovers() == []
     assert json.loads(run_json.read_text())["supervisor"]["pid"] == os.getpid()
     record.close()
+
+
+def test_a_record_of_this_very_process_ends_nothing(run_json: Path, started: list[int]) -> None:
+    first = RunRecord(run_json)
+    first.end_leftovers()
+    mine = subprocess.Popen(py("import time; time.sleep(60)"), start_new_session=True)
+    started.append(mine.pid)
+    first.add("mine", mine.pid)
+    del first  # released without close(), as when a supervisor object is dropped
+    assert RunRecord(run_json).end_leftovers(timeout=0.5) == []
+    assert alive(mine.pid)
+    mine.kill()
+    mine.wait()
