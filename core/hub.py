@@ -58,13 +58,16 @@ class Snapshot:
 
 
 def _point(doc: Mapping[str, Any]) -> dict[str, Any]:
-    metrics = doc.get("metrics") or {}
-    components = doc.get("components") or {}
+    metrics = doc.get("metrics")
+    components = doc.get("components")
+    # A malformed document must not break the tick; it shows as gaps.
+    metrics = metrics if isinstance(metrics, Mapping) else {}
+    components = components if isinstance(components, Mapping) else {}
     return {
         "timestamp": metrics.get("timestamp"),
         "metrics": {k: metrics.get(k) for k in METRIC_NAMES},
         "components": {cid: {f: c.get(f) for f in _POINT_FIELDS}
-                       for cid, c in components.items()},
+                       for cid, c in components.items() if isinstance(c, Mapping)},
     }
 
 

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: A client stalled (or a send blocked) this many intervals is dropped.
 STUCK_INTERVALS = 3.0
+#: Seconds to wait for the client's answer to our close frame.
+CLOSE_WAIT = 1.0
 #: Close codes (RFC 6455 section 7.4.1).
 NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = (
     1000, 1001, 1008, 1009, 1011, 1013)
@@ -110,10 +112,10 @@ class Fanout:
             return
         await ws.accept()
         if self.closing:
-            await _close(send, GOING_AWAY, "server shutting down")
+            await _close(send, receive, GOING_AWAY, "server shutting down")
             return
         if len(self.clients) >= self.server.max_clients:
-            await _close(send, TRY_AGAIN_LATER,
+            await _close(send, receive, TRY_AGAIN_LATER,
                          f"too many clients (max_clients = {self.server.max_clients})")
             return
         client = _Client(scope.get("client"))
@@ -137,6 +139,7 @@ class Fanout:
                 await self._send(client, send, {"type": "websocket.close",
                                                 "code": client.close_code,
                                                 "reason": client.close_reason})
+                await _drain(receive, CLOSE_WAIT)
 
     async def _send(self, client: _Client, send: Any, message: dict[str, Any]) -> None:
         client.send_started = trio.current_time()
@@ -223,5 +226,18 @@ class Fanout:
         return None
 
 
-async def _close(send: Any, code: int, reason: str) -> None:
+async def _close(send: Any, receive: Any, code: int, reason: str) -> None:
     await send({"type": "websocket.close", "code": code, "reason": reason})
+    await _drain(receive, CLOSE_WAIT)
+
+
+async def _drain(receive: Any, timeout: float) -> None:
+    """Read until the client answers our close frame (bounded).
+
+    Returning earlier lets hypercorn close the socket with the client's
+    unread messages in its buffer: the kernel then resets the connection
+    and the client sees 1006 instead of our close code.
+    """
+    with trio.move_on_after(timeout):
+        while (await receive())["type"] != "websocket.disconnect":
+            pass

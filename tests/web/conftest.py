@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from core.config import Config, load
 from core.hub import Hub
@@ -70,3 +71,24 @@ async def web_server(tmp_path: Path, components: str = "", *, interval: float = 
                 await sup.shutdown()
                 shutdown.set()
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def ws_client(url: str, **kwargs: object) -> AsyncIterator[WebSocketConnection]:
+    """open_websocket_url that also closes its socket when the server closed first.
+
+    trio-websocket 0.12 leaves the TCP socket open (a ResourceWarning, an
+    error under -W error) when the server starts the closing handshake.
+    """
+    async with open_websocket_url(url, **kwargs) as ws:  # type: ignore[arg-type]
+        try:
+            yield ws
+        finally:
+            await close_transport(ws)
+
+
+async def close_transport(ws: WebSocketConnection) -> None:
+    stream = getattr(ws, "_stream", None)
+    if stream is not None and ws.closed is not None:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
