@@ -104,8 +104,16 @@ class StepTimer(trio.abc.Instrument):
         self._began = None
 
 
-async def _tick(components: int, ticks: int, directory: Path) -> dict[str, float]:
-    cfg, plugins = load_config(write_config(directory, components, interval=3600))
+async def _tick(components: int, ticks: int, directory: Path,
+                health: bool) -> dict[str, float]:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    port = listener.getsockname()[1]
+    # With --health every component has a TCP health check, so every tick
+    # runs 200 probe hooks in worker threads, each connecting to a listener.
+    extra = f'health_tcp = "127.0.0.1:{port}"\n' if health else ""
+    cfg, plugins = load_config(write_config(directory, components, interval=3600, extra=extra))
     sup = Supervisor(cfg, plugins)
     timer = StepTimer()
     walls: list[float] = []
@@ -125,6 +133,7 @@ async def _tick(components: int, ticks: int, directory: Path) -> dict[str, float
         trio.lowlevel.remove_instrument(timer)
         await sup.shutdown()
         nursery.cancel_scope.cancel()
+    listener.close()
     return {"median_ms": statistics.median(walls), "max_ms": max(walls),
             "longest_step_ms": timer.longest * 1000, "where": timer.where}
 
@@ -176,6 +185,8 @@ def main() -> None:
     p = sub.add_parser("tick")
     p.add_argument("--components", type=int, default=200)
     p.add_argument("--ticks", type=int, default=20)
+    p.add_argument("--health", action="store_true",
+                   help="give every component a TCP health check (probe hook per tick)")
     p = sub.add_parser("idle")
     p.add_argument("--components", type=int, default=50)
     p.add_argument("--seconds", type=float, default=60)
@@ -189,8 +200,9 @@ def main() -> None:
                   f"{statistics.median(lat):.2f} ms, max {max(lat):.2f} ms, "
                   f"min {min(lat):.2f} ms")
         elif args.what == "tick":
-            r = trio.run(_tick, args.components, args.ticks, directory)
-            print(f"tick with {args.components} components over {args.ticks} ticks: "
+            r = trio.run(_tick, args.components, args.ticks, directory, args.health)
+            kind = "with TCP health checks" if args.health else "without health checks"
+            print(f"tick with {args.components} components {kind}, {args.ticks} ticks: "
                   f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms wall; longest "
                   f"event-loop step {r['longest_step_ms']:.2f} ms ({r['where']})")
         else:

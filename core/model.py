@@ -50,11 +50,14 @@ class Launch:
     The core spawns it (own session, death signal, drained output) so that
     nothing a plugin starts can be orphaned. `env` is merged over the
     supervisor's environment; `cwd` None means the config directory.
+    `probe` False says this run has nothing to check beyond being alive: the
+    core then skips the `probe` hook for it (no worker thread per tick).
     """
 
     argv: tuple[str, ...]
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    probe: bool = True
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(a, str) for a in self.argv):

@@ -82,6 +82,9 @@ class Component:
     metrics: dict[str, float] = field(default_factory=dict)
     last_updated: float = field(default_factory=time.time)
     probe_busy_since: float | None = None
+    #: Whether the current run is probed (its plugin has a probe hook and the
+    #: Launch did not opt out).
+    probes: bool = False
     # One worker thread at a time per component and kind of hook: a plugin
     # that hangs holds its own token (abandoned threads keep theirs until
     # they return) and never starves another component.
@@ -249,7 +252,7 @@ class Supervisor:
         for comp in running:
             if comp.probe_busy_since is not None:
                 continue  # the last one is still within its timeout
-            if not self.plugins.implements(comp.cfg.plugin, "probe"):
+            if not comp.probes:
                 continue
             ev = trio.Event()
             done.append(ev)
@@ -421,6 +424,7 @@ class Supervisor:
         child = await ChildProcess.spawn(self._nursery, launch.argv, cwd=cwd,
                                          env=dict(launch.env), log=comp.log)
         comp.child = child
+        comp.probes = launch.probe and self.plugins.implements(comp.cfg.plugin, "probe")
         if self.record is not None:
             self.record.add(comp.cfg.id, child.pid)
         return child
@@ -433,7 +437,7 @@ class Supervisor:
         comp.error = None
         comp.probe_error = None
         comp.metrics = {}
-        has_probe = self.plugins.implements(comp.cfg.plugin, "probe")
+        has_probe = comp.probes
         comp.health = "starting" if has_probe else "healthy"
         # STARTING -> RUNNING: the process exists
         self._set_state(comp, S.RUNNING, f"started pid {child.pid}")

@@ -66,7 +66,10 @@ def start(component: ComponentInfo) -> Launch:
         if not Path(cwd).is_dir():
             raise FileNotFoundError(f"cwd {cwd} is not a directory")
     argv = tuple(sys.executable if a == "{python}" else a for a in opts["command"])
-    return Launch(argv=argv, cwd=cwd, env=opts.get("env") or {})
+    # Without a health check there is nothing to probe but the process itself,
+    # which the core watches anyway: spare the per-tick probe call.
+    checks = bool(opts.get("health_url") or opts.get("health_tcp"))
+    return Launch(argv=argv, cwd=cwd, env=opts.get("env") or {}, probe=checks)
 
 
 def check_url(url: str, timeout: float) -> Probe:
