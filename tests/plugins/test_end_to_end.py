@@ -94,13 +94,14 @@ def test_shipped_stack_under_the_supervisor(tmp_path, port_factory, json_call):
         _until("total_concepts rising", lambda: status()["metrics"]["total_concepts"]
                > first["metrics"]["total_concepts"])
 
-        # Stop and start the API through REST.
-        control("api", "stop")
-        _until("api stopped", lambda: component("api")["state"] == "stopped")
-        code, _ = json_call(core, "GET", "/api/status")
-        assert code == 200
-        control("api", "start")
-        _until("api healthy again", lambda: component("api")["health"] == "healthy")
+        # Stop and start the workload and the API through REST.
+        for cid in ("workload", "api"):
+            control(cid, "stop")
+            _until(f"{cid} stopped", lambda c=cid: component(c)["state"] == "stopped")
+            assert component(cid)["pid"] is None
+            control(cid, "start")
+            _until(f"{cid} healthy again", lambda c=cid: (
+                component(c)["state"] == "running" and component(c)["health"] == "healthy"))
 
         # Stop storage: the API stays up, says why it is unhealthy, recovers by itself.
         control("storage", "stop")
