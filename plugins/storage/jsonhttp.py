@@ -17,7 +17,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 #: Largest request body accepted (bigger -> 413).
 MAX_BODY = 1024 * 1024
@@ -143,7 +143,7 @@ class JSONHandler(BaseHTTPRequestHandler):
                 if method != self.command:
                     allowed.append(method)
                     continue
-                status, body = getattr(self, name)(*match.groups())
+                status, body = getattr(self, name)(*map(unquote, match.groups()))
                 self.send_json(status, body)
                 return
             if allowed:

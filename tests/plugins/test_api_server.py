@@ -29,12 +29,16 @@ def test_learn_query_get_and_figures(api, json_call):
     assert json_call(api.url, "GET", f"/concepts/{cid}")[1]["concept"]["confidence"] == 0.9
     status, assoc = json_call(api.url, "GET", f"/concepts/{cid}/associations")
     assert status == 200 and len(assoc["associations"]) == 1
+    # Ids may hold ':' and '.', which travel percent-encoded.
+    assert json_call(api.url, "POST", "/learn", {"content": "named", "id": "ns:a.b"})[0] == 201
+    assert json_call(api.url, "GET", "/concepts/ns%3Aa.b")[1]["concept"]["id"] == "ns:a.b"
+    assert json_call(api.url, "GET", "/concepts/ns:a.b/associations")[0] == 200
 
-    # health and stats are not counted: only the 6 data requests above.
+    # health and stats are not counted: only the 9 data requests above.
     assert json_call(api.url, "GET", "/health") == (200, {"status": "ok", "storage": "up"})
     status, stats = json_call(api.url, "GET", "/stats")
     assert status == 200
-    assert stats["requests_served"] == 6
+    assert stats["requests_served"] == 9
     assert stats["errors"] == 0
     assert stats["storage"] == "up" and stats["storage_error"] is None
     assert stats["queries_per_second"] > 0
