@@ -49,9 +49,11 @@ const connection = new Connection({
     app.status = status;
     renderStatus();
   },
-  onHandshakeFailed: async () => {
+  // Without the WebSocket (server full, restarting...) REST still shows the
+  // latest figures, and a 401 explains a refused handshake.
+  onClosed: async () => {
     try {
-      await api("/api/status");
+      applySnapshot(await api("/api/status"), true);
       return false;
     } catch (err) {
       return err instanceof ApiError && err.status === 401;
@@ -168,11 +170,10 @@ $("auth-form").addEventListener("submit", async (event) => {
   setToken(token);
   try {
     // Check the token before leaving the form, so a typo is reported here.
-    const doc = await api("/api/status");
+    await api("/api/components");
     input.value = "";
     $("auth").hidden = true;
     $("main").hidden = false;
-    applySnapshot(doc, false);
     await start();
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {
@@ -205,15 +206,14 @@ async function start() {
   app.started = true;
   try {
     await loadHistory();
-    const doc = await api("/api/status");
-    applySnapshot(doc, true);
   } catch (err) {
     if (err.status === 401) {
       app.started = false;
       return; // the auth form is showing
     }
-    // Not fatal: the WebSocket (with its reconnection) will bring data.
   }
+  // The WebSocket sends the latest snapshot at once: no need for /api/status,
+  // which answers 503 until the supervisor's first tick.
   connection.connect();
 }
 

@@ -20,7 +20,8 @@ export class Connection {
    *   onStatus(status)           {state: "connecting"|"connected"|"reconnecting"
    *                               |"disconnected", attempt, maxAttempts,
    *                               deadline (ms epoch, while waiting), reason}
-   *   onHandshakeFailed()        async; resolve true to stop (e.g. token refused)
+   *   onClosed({code, opened})   async, after a close that would reconnect;
+   *                              resolve true to stop instead (token refused)
    */
   constructor(options) {
     this.url = options.url;
@@ -28,7 +29,7 @@ export class Connection {
     this.maxAttempts = options.maxAttempts ?? 10;
     this.onSnapshot = options.onSnapshot || (() => {});
     this.onStatus = options.onStatus || (() => {});
-    this.onHandshakeFailed = options.onHandshakeFailed || (async () => false);
+    this.onClosed = options.onClosed || (async () => false);
     this.ws = null;
     this.attempts = 0;
     this.timer = null;
@@ -107,8 +108,9 @@ export class Connection {
       this.setStatus({state: "disconnected", code, reason: NO_RECONNECT.get(code) + detail});
       return;
     }
-    // A refused handshake looks like 1006 to a browser; ask REST why.
-    if (!opened && (await this.onHandshakeFailed())) {
+    // A refused handshake looks like 1006 to a browser: the page asks REST
+    // why (and refreshes its data that way while the socket is down).
+    if (await this.onClosed({code, opened})) {
       this.setStatus({state: "disconnected", code, reason: "Access token required."});
       return;
     }
