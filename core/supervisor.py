@@ -121,6 +121,7 @@ class Supervisor:
         self._stats = StatsReader()
         self._listeners: list[Callable[[str, ComponentState, ComponentState], None]] = []
         self._reload_lock = trio.Lock()
+        self._shutting_down = False
         self.tick_count = 0
         self._iso_cache: tuple[float, str] = (0.0, iso_utc(0.0))
         for cid, cfg in config.components.items():
@@ -143,6 +144,11 @@ class Supervisor:
 
     async def start(self, cid: str) -> dict[str, Any]:
         comp = self._get(cid)
+        if self._shutting_down:
+            # A start (or restart) that arrives during shutdown would outlive it
+            # and keep the supervisor from ever exiting: refuse it, unchanged.
+            comp.log.note("start refused: the supervisor is shutting down")
+            return self.view(cid)
         for dep in self._dependencies(cid):
             self._want(self._components[dep], True)
         before = comp.state
@@ -160,6 +166,8 @@ class Supervisor:
 
     async def restart(self, cid: str) -> dict[str, Any]:
         comp = self._get(cid)
+        if self._shutting_down:
+            return await self.start(cid)  # refused there, with a note
         if comp.state in (S.RUNNING, S.STARTING) and comp.desired:
             comp.restart_requested = True
             if comp.run_scope is not None:
@@ -212,6 +220,7 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Stop every component, dependents before their dependencies."""
+        self._shutting_down = True
         await self._stop_many(list(self._components), self.config)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
