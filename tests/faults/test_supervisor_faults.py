@@ -1,0 +1,348 @@
+"""Fault injection on the supervisor itself, through a real `python -m core`.
+
+The supervisor is SIGKILLed, SIGTERMed at awkward moments (while components
+start, while they stop, in the middle of a storm of REST restarts), given a
+third-party plugin that raises, hangs or answers garbage in each hook, and a
+broken config on SIGHUP. Each test names the promise of DESIGN.md it guards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.faults.helpers import (
+    PY,
+    SLEEP,
+    Core,
+    alive,
+    by_env,
+    component,
+    plugin_env,
+    plugin_site,
+    wait_for,
+    write_config,
+)
+
+
+@pytest.fixture
+def cores() -> Iterator[list[Core]]:
+    """Every Core a test starts; killed (with its whole run) at teardown."""
+    started: list[Core] = []
+    yield started
+    for core in started:
+        core.close()
+
+
+def start(cores: list[Core], config: Path, *, ready: bool = True, **kwargs: object) -> Core:
+    core = Core(config, **kwargs)  # type: ignore[arg-type]
+    cores.append(core)
+    return core.wait_ready() if ready else core
+
+
+def started_pids(core: Core) -> dict[str, list[int]]:
+    """Every "started pid N" the supervisor logged, per component (from its stderr)."""
+    found: dict[str, list[int]] = {}
+    for m in re.finditer(r"INFO (\S+): starting -> running \(started pid (\d+)\)",
+                         core.stderr()):
+        found.setdefault(m.group(1), []).append(int(m.group(2)))
+    return found
+
+
+def tagged(cid: str, **keys: object) -> str:
+    """A sleeper whose processes carry FAULT_COMP=<cid> in their environment."""
+    return component(cid, SLEEP, env={"FAULT_COMP": cid}, **keys)
+
+
+# -- the supervisor SIGKILLed ---------------------------------------------------
+
+# Prints the pid of a grandchild that setsid()s away: the death signal takes the
+# child with the supervisor, not this grandchild; only the run record can find it.
+ESCAPER = """
+import subprocess, sys, time
+g = subprocess.Popen([sys.executable, "-c", "import os, time; os.setsid(); time.sleep(600)"],
+                     stdout=subprocess.DEVNULL)
+print("kids", g.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_supervisor_takes_children_and_next_start_ends_leftovers(
+        tmp_path: Path, cores: list[Core]) -> None:
+    """kill -9 of the supervisor with 10 components: every child gone within 2 s; the
+    next start ends the grandchild that escaped and starts all 10 cleanly."""
+    body = "".join(tagged(f"c{i}") for i in range(9)) + component("escaper", ESCAPER)
+    config = write_config(tmp_path, body)
+    first = start(cores, config)
+    pids = first.running_pids()
+    assert len(pids) == 10
+    line = wait_for(lambda: [x["text"] for x in first.get("/api/components/escaper/logs")[
+        "lines"] if x["text"].startswith("kids ")], 10, "the escaper's grandchild")
+    grandchild = int(line[0].split()[1])
+    first.proc.kill()
+    first.proc.wait(5)
+    began = time.monotonic()
+    wait_for(lambda: not any(alive(p) for p in pids.values()), 2.0,
+             "every child to die with the supervisor")
+    assert time.monotonic() - began < 2.0
+    assert alive(grandchild)  # what the death signal cannot reach
+    second = start(cores, config)
+    assert first.leftovers() == []
+    assert not alive(grandchild)
+    ended = [x for x in second.stderr().splitlines() if "ended a leftover" in x]
+    assert len(ended) == 1 and f"pid {grandchild} " in ended[0], second.stderr()
+    new = second.running_pids()
+    assert set(new) == set(pids) and not set(new.values()) & set(pids.values())
+    views = second.get("/api/components")["components"]
+    assert all(v["restarts"] == 0 and v["error"] is None for v in views)
+    assert all(len(v) == 1 for v in started_pids(second).values())
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit(15) == 0
+    assert second.leftovers() == [] and not any(alive(p) for p in new.values())
+
+
+# -- SIGTERM at awkward moments ----------------------------------------------------
+
+def _assert_clean_exit(core: Core, timeout: float) -> None:
+    began = time.monotonic()
+    code = core.wait_exit(timeout)
+    assert code == 0, core.stderr()[-3000:]
+    assert "stopped cleanly" in core.stderr()
+    assert core.leftovers() == [], f"left running after {time.monotonic() - began:.1f} s"
+    # Once shutdown began, a component whose start was already under way may
+    # still come up (then stops); none comes up twice, and each ends stopped.
+    after = core.stderr().split("stopping every component", 1)[1]
+    moves = re.findall(r"INFO (\S+): \w+ -> (\w+) ", after)
+    for cid in {c for c, _ in moves}:
+        mine = [state for c, state in moves if c == cid]
+        assert mine.count("running") <= 1 and mine[-1] == "stopped", (cid, mine, after)
+
+
+@pytest.mark.slow
+def test_sigterm_while_components_start(tmp_path: Path, cores: list[Core]) -> None:
+    """SIGTERM while start hooks are still running and dependents wait for a
+    dependency that never gets healthy: exit 0, nothing left, nothing started late."""
+    site = plugin_site(tmp_path)
+    body = "".join(f'[components.slow{i}]\nplugin = "faulty"\nstart_delay = 1.0\n\n'
+                   for i in range(4))
+    body += component("unready", SLEEP, health_tcp="127.0.0.1:9", start_timeout=60.0)
+    body += tagged("waiter", depends_on=["unready"])
+    core = start(cores, write_config(tmp_path, body), env=plugin_env(site))
+    view = core.comp("waiter")
+    assert view["state"] == "starting" and "waiting for unready" in view["error"]
+    assert core.comp("slow0")["pid"] is None  # its start hook is still sleeping
+    began = time.monotonic()
+    core.signal(signal.SIGTERM)
+    _assert_clean_exit(core, 10)
+    assert time.monotonic() - began < 5.0
+    # No slow start hook had returned, the waiter's dependency never got ready.
+    assert set(started_pids(core)) == {"unready"}
+    # A start hook that returned after the shutdown began spawned nothing.
+    time.sleep(1.0)
+    assert core.leftovers() == []
+
+
+@pytest.mark.slow
+def test_sigterm_while_components_stop(tmp_path: Path, cores: list[Core]) -> None:
+    """SIGTERM while stubborn components are stopping: the stops finish within their
+    stop_timeout, the rest stops too, exit 0 with nothing left."""
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "time.sleep(600)")
+    body = "".join(component(f"s{i}", stubborn, stop_timeout=1.5) for i in range(3))
+    body += "".join(tagged(f"t{i}") for i in range(3))
+    core = start(cores, write_config(tmp_path, body))
+    pids = core.running_pids()
+    for i in range(3):
+        assert core.post(f"/api/components/s{i}/stop")["component"]["state"] == "stopping"
+    began = time.monotonic()
+    core.signal(signal.SIGTERM)
+    _assert_clean_exit(core, 10)
+    assert time.monotonic() - began < 1.5 + 2.0
+    assert not any(alive(p) for p in pids.values())
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_restart_storm(tmp_path: Path, cores: list[Core]) -> None:
+    """Concurrent REST restarts (bounded: 8 clients, 120 calls) and a SIGTERM in the
+    middle: never two processes for one component, exit 0, nothing left."""
+    body = "".join(tagged(f"r{i}", stop_timeout=2.0) for i in range(5))
+    core = start(cores, write_config(tmp_path, body, interval=0.1))
+    core.running_pids()
+    doubles: list[dict[str, list[int]]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            me = psutil.Process(core.pid)
+            while not done.is_set():
+                groups = by_env(me.children(), "FAULT_COMP")
+                if any(len(p) > 1 for p in groups.values()):
+                    doubles.append(groups)
+                time.sleep(0.002)
+
+    calls = 0
+    lock = threading.Lock()
+    term_after = 40
+
+    def restart(n: int) -> int | None:
+        nonlocal calls
+        rng = random.Random(n)
+        with httpx.Client(base_url=core.url, timeout=10) as client:
+            for _ in range(15):
+                with lock:
+                    calls += 1
+                    if calls == term_after:
+                        core.signal(signal.SIGTERM)
+                try:
+                    resp = client.post(f"/api/components/r{rng.randrange(5)}/restart")
+                except httpx.HTTPError:
+                    return None  # the server went away: expected after SIGTERM
+                assert resp.status_code == 200, resp.text
+        return None
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(restart, range(8)))
+        _assert_clean_exit(core, 15)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert calls >= term_after
+    assert doubles == []
+    assert sum(len(v) for v in started_pids(core).values()) > 5  # restarts did happen
+
+
+# -- a misbehaving third-party plugin -----------------------------------------------
+
+FAULTY = {
+    "raise_start": 'raise_in = "start"\nmax_failures = 2\nbackoff_initial = 0.05\n',
+    "hang_start": 'hang_in = "start"\nstart_timeout = 0.5\nmax_failures = 1\n',
+    "raise_probe": 'raise_in = "probe"\n',
+    "hang_probe": 'hang_in = "probe"\nprobe_timeout = 0.2\n',
+    "garbage": "garbage_probe = true\n",
+    "raise_stop": 'raise_in = "stop"\nstop_timeout = 1.0\n',
+    "hang_stop": 'hang_in = "stop"\nstop_timeout = 1.0\n',
+}
+INTERVAL = 0.2
+
+
+@pytest.mark.slow
+def test_misbehaving_plugin_affects_only_its_components(tmp_path: Path,
+                                                        cores: list[Core]) -> None:
+    """A plugin found through its entry point raises, hangs or answers garbage in each
+    hook: each fault shows in its own component's `error`, the others keep their cadence."""
+    site = plugin_site(tmp_path)
+    body = "".join(f'[components.{cid}]\nplugin = "faulty"\n{keys}\n'
+                   for cid, keys in FAULTY.items())
+    body += tagged("good")
+    core = start(cores, write_config(tmp_path, body, interval=INTERVAL), env=plugin_env(site))
+    error = core.wait_state("raise_start", lambda v: v["state"] == "error", 10, "error")
+    assert error["error"] == ("gave up after 2 quick failures in a row (last: plugin 'faulty' "
+                              "start hook failed: RuntimeError: boom in start); start it "
+                              "again to retry")
+    error = core.wait_state("hang_start", lambda v: v["state"] == "error", 10, "error")
+    assert "plugin 'faulty' start hook did not return within 0.5 s" in error["error"]
+    expected = {
+        "raise_probe": "probe failed: PluginError: plugin 'faulty' probe hook failed: "
+                       "RuntimeError: boom in probe",
+        "hang_probe": "probe failed: PluginError: plugin 'faulty' probe hook did not return "
+                      "within 0.2 s",
+        "garbage": "probe returned str, expected core.Probe or None",
+    }
+    for cid, text in expected.items():
+        view = core.wait_state(cid, lambda v: v["health"] == "unhealthy", 10, "unhealthy")
+        assert view["state"] == "running" and view["pid"] is not None
+        assert view["error"] == text, view
+    # The others keep their cadence while hung probes hold their worker threads.
+    stamps: list[float] = []
+    good_updates: set[str] = set()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        snap = core.status()
+        stamp = datetime.fromisoformat(snap["metrics"]["timestamp"].replace("Z", "+00:00"))
+        if not stamps or stamp.timestamp() != stamps[-1]:
+            stamps.append(stamp.timestamp())
+        good_updates.add(snap["components"]["good"]["last_updated"])
+        time.sleep(0.02)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert len(stamps) >= 7 and max(gaps) < 2 * INTERVAL, gaps
+    assert len(good_updates) >= 7
+    good = core.comp("good")
+    assert good["state"] == "running" and good["health"] == "healthy" and good["error"] is None
+    for cid in ("raise_stop", "hang_stop"):
+        pid = core.comp(cid)["pid"]
+        began = time.monotonic()
+        core.post(f"/api/components/{cid}/stop")
+        core.wait_state(cid, lambda v: v["state"] == "stopped", 5, "stopped")
+        assert time.monotonic() - began < 1.0 + 1.0
+        assert not alive(pid)
+    notes = core.notes("raise_stop")
+    assert any("stop hook failed: PluginError: plugin 'faulty' stop hook failed: "
+               "RuntimeError: boom in stop" in n for n in notes), notes
+    # Hung hook threads do not hold the exit up.
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(10) == 0
+    assert core.leftovers() == []
+
+
+def test_plugin_raising_in_validate_config_is_a_config_error(tmp_path: Path) -> None:
+    """The config names the component and the plugin's failure; exit 2, no traceback."""
+    import subprocess
+
+    site = plugin_site(tmp_path)
+    config = write_config(tmp_path, '[components.bad]\nplugin = "faulty"\n'
+                                    'raise_in = "validate_config"\n')
+    env = {"PATH": "/usr/bin:/bin", **plugin_env(site)}
+    run = subprocess.run([PY, "-m", "core", "--config", str(config)], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2
+    assert "components.bad.plugin: plugin 'faulty' failed to validate its options: " \
+           "RuntimeError: boom in validate_config" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+# -- SIGHUP with a broken config --------------------------------------------------------
+
+@pytest.mark.parametrize("broken", [
+    "[components.c0\nplugin = ",                                    # TOML syntax
+    '[components.c0]\nplugin = "process"\ncommand = ["x"]\nrestat = "always"\n',  # typo key
+])
+def test_sighup_with_broken_config_changes_nothing(tmp_path: Path, cores: list[Core],
+                                                   broken: str) -> None:
+    """Rejected and logged; the running set is unchanged (same pids); a good
+    config on the next SIGHUP is applied."""
+    body = tagged("c0") + tagged("c1")
+    config = write_config(tmp_path, body)
+    core = start(cores, config)
+    pids = core.running_pids()
+    good = config.read_text()
+    config.write_text(good.replace(body, broken))
+    core.signal(signal.SIGHUP)
+    wait_for(lambda: "config reload rejected" in core.stderr(), 10, "the rejection")
+    assert str(config) in core.stderr().split("config reload rejected", 1)[1]
+    time.sleep(3 * 0.2)
+    assert core.running_pids() == pids
+    assert all(v["restarts"] == 0 for v in core.get("/api/components")["components"])
+    config.write_text(good + tagged("c2"))
+    core.signal(signal.SIGHUP)
+    new = wait_for(lambda: len(core.status()["components"]) == 3 and core.running_pids(), 10,
+                   "c2 added")
+    assert {k: new[k] for k in pids} == pids
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(15) == 0
