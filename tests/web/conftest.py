@@ -50,10 +50,11 @@ class Server:
 
 @asynccontextmanager
 async def web_server(tmp_path: Path, components: str = "", *, interval: float = 0.25,
-                     server: str = "", tick: bool = True) -> AsyncIterator[Server]:
+                     server: str = "", tick: bool = True, port: int = 0
+                     ) -> AsyncIterator[Server]:
     """Supervisor + web server on 127.0.0.1:<free port>; everything stopped on exit."""
     path = tmp_path / "config.toml"
-    path.write_text(f"[server]\nport = 0\ninterval = {interval}\n{server}\n{components}")
+    path.write_text(f"[server]\nport = {port}\ninterval = {interval}\n{server}\n{components}")
     plugins = PluginManager(load_entry_points=False)
     config = load(path, plugins=plugins.names, validate=plugins.validate)
     hub = Hub(interval=config.server.interval, history_seconds=config.server.history_seconds)
