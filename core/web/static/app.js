@@ -107,6 +107,9 @@ function renderStatus() {
     case "disconnected":
       label = "Disconnected";
       break;
+    case "locked":
+      label = "Token required";
+      break;
     default:
       label = "Connecting…";
   }
@@ -147,7 +150,8 @@ function showAuth(message) {
   const error = $("auth-error");
   error.hidden = !message;
   error.textContent = message || "";
-  app.status = {state: "disconnected", reason: ""};
+  $("footer").hidden = true;
+  app.status = {state: "locked"};
   renderStatus();
   $("auth-token").focus();
 }
@@ -174,6 +178,7 @@ $("auth-form").addEventListener("submit", async (event) => {
     input.value = "";
     $("auth").hidden = true;
     $("main").hidden = false;
+    $("footer").hidden = false;
     await start();
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {

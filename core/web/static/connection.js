@@ -18,7 +18,7 @@ export class Connection {
    *   baseDelay, maxAttempts     reconnection policy
    *   onSnapshot(doc)            each snapshot document
    *   onStatus(status)           {state: "connecting"|"connected"|"reconnecting"
-   *                               |"disconnected", attempt, maxAttempts,
+   *                               |"disconnected"|"locked", attempt, maxAttempts,
    *                               deadline (ms epoch, while waiting), reason}
    *   onClosed({code, opened})   async, after a close that would reconnect;
    *                              resolve true to stop instead (token refused)
@@ -111,7 +111,7 @@ export class Connection {
     // A refused handshake looks like 1006 to a browser: the page asks REST
     // why (and refreshes its data that way while the socket is down).
     if (await this.onClosed({code, opened})) {
-      this.setStatus({state: "disconnected", code, reason: "Access token required."});
+      this.setStatus({state: "locked", code});
       return;
     }
     if (this.ws || this.timer) return; // connect() was called meanwhile
