@@ -92,13 +92,21 @@ def enable_subreaper(on: bool = True) -> bool:
     return _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
-def _ppid_map() -> dict[int, int]:
-    """pid -> parent pid for every process: one pass over /proc.
+_scan_cache: tuple[float, dict[int, int], set[int]] = (-1.0, {}, set())
 
-    About twice as fast as psutil's children(recursive=True), and one table
-    serves several look-ups within a stop.
-    """
-    table = {}
+#: A process table this recent is reused: a burst of stops (shutdown of 200
+#: components) then reads /proc once, not once per component and step.
+SCAN_MAX_AGE = 0.05
+
+
+def _scan(max_age: float = SCAN_MAX_AGE) -> tuple[dict[int, int], set[int]]:
+    """pid -> parent pid for every process, and the zombies: one pass over /proc."""
+    global _scan_cache
+    taken, table, zombies = _scan_cache
+    now = time.monotonic()
+    if now - taken <= max_age:
+        return table, zombies
+    table, zombies = {}, set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -106,15 +114,31 @@ def _ppid_map() -> dict[int, int]:
             with open(f"/proc/{name}/stat", "rb") as f:
                 data = f.read()
             # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            table[int(name)] = int(data[data.rfind(b")") + 2:].split(None, 2)[1])
-        except (OSError, ValueError, IndexError):
+            state, ppid = data[data.rfind(b")") + 2:].split(None, 2)[:2]
+            table[int(name)] = int(ppid)
+            if state == b"Z":
+                zombies.add(int(name))
+        except (OSError, ValueError):
             continue
-    return table
+    _scan_cache = (now, table, zombies)
+    return table, zombies
 
 
-def descendants(pid: int, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
-    """Every live descendant of `pid` (empty if `pid` is gone)."""
-    table = _ppid_map() if table is None else table
+def _ppid_map(max_age: float = SCAN_MAX_AGE) -> dict[int, int]:
+    return _scan(max_age)[0]
+
+
+async def _fresh_scan() -> tuple[dict[int, int], set[int]]:
+    """A process table read after this call began; concurrent callers share one read."""
+    asked = time.monotonic()
+    # One scheduling round lets the other stops of a burst reach this point too.
+    await trio.lowlevel.checkpoint()
+    if _scan_cache[0] >= asked:
+        return _scan_cache[1], _scan_cache[2]
+    return _scan(max_age=0.0)
+
+
+def _descendant_pids(pid: int, table: Mapping[int, int]) -> list[int]:
     children: dict[int, list[int]] = {}
     for child, parent in table.items():
         children.setdefault(parent, []).append(child)
@@ -122,10 +146,22 @@ def descendants(pid: int, table: Mapping[int, int] | None = None) -> list[psutil
     todo = list(children.get(pid, ()))
     while todo:
         child = todo.pop()
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            found.append(psutil.Process(child))
+        found.append(child)
         todo.extend(children.get(child, ()))
     return found
+
+
+def _processes(pids: Iterable[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            found.append(psutil.Process(pid))
+    return found
+
+
+def descendants(pid: int, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
+    """Every live descendant of `pid` (empty if `pid` is gone)."""
+    return _processes(_descendant_pids(pid, _ppid_map(0.0) if table is None else table))
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -172,15 +208,13 @@ def stragglers(table: Mapping[int, int] | None = None) -> list[psutil.Process]:
     With the subreaper enabled these are orphans of our children's descendants.
     """
     groups = set(_live)
-    found = []
-    for proc in descendants(_self().pid, table):
-        if proc.pid in _live or not _alive(proc):
-            continue
-        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            if os.getpgid(proc.pid) in groups:
-                continue
-            found.append(proc)
-    return found
+    pids = []
+    # Filter on pids first: a psutil.Process costs a /proc read, a getpgid() does not.
+    for pid in _descendant_pids(_self().pid, _ppid_map(0.0) if table is None else table):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if pid not in _live and os.getpgid(pid) not in groups:
+                pids.append(pid)
+    return [p for p in _processes(pids) if _alive(p)]
 
 
 def reap_orphans() -> list[int]:
@@ -191,28 +225,30 @@ def reap_orphans() -> list[int]:
     other code started with a plain fork and will wait for itself.
     """
     with _registry_lock:
-        return _reap_orphans()
+        return _reap_orphans(*_scan(max_age=0.0))
 
 
-def _reap_orphans() -> list[int]:
+def _reap_orphans(table: Mapping[int, int], zombies: set[int]) -> list[int]:
     reaped = []
     own_session = os.getsid(0)
-    for proc in _self().children():
-        if proc.pid in _live:
+    me = os.getpid()
+    for pid in zombies:
+        if table.get(pid) != me or pid in _live:
             continue
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE or os.getsid(proc.pid) == own_session:
+            if os.getsid(pid) == own_session:
                 continue
-            pid, _ = os.waitpid(proc.pid, os.WNOHANG)
-        except (psutil.NoSuchProcess, ChildProcessError, ProcessLookupError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, ProcessLookupError):
             continue
-        if pid:
-            reaped.append(pid)
+        if done:
+            reaped.append(done)
     return reaped
 
 
 def kill_all_now() -> None:
     """SIGKILL every live child, its group and its known descendants (at exit)."""
+    _scan(max_age=0.0)  # one fresh table, shared by the kill_now() calls below
     for child in list(_live.values()):
         child.kill_now()
 
@@ -358,7 +394,8 @@ class ChildProcess:
     async def _after_exit(self) -> None:
         """The leader exited on its own: end what it left behind, as a stop would."""
         self._stopping = True
-        others = [p for p in self._ours() if p.pid != self.pid]
+        table, _ = await _fresh_scan()
+        others = [p for p in self._ours(table) if p.pid != self.pid]
         if self._group_alive() or others:
             self.log.note(f"pid {self.pid} exited, leaving processes behind: sent SIGTERM, "
                           f"SIGKILL in {LEFTOVER_GRACE:.1f} s")
@@ -473,7 +510,9 @@ class ChildProcess:
         await self._end_leftovers()
         await self._close_output()
         _live.pop(self.pid, None)
-        reap_orphans()
+        table, zombies = await _fresh_scan()
+        with _registry_lock:
+            _reap_orphans(table, zombies)
         return self.returncode
 
     def _group_alive(self) -> bool:
@@ -494,13 +533,13 @@ class ChildProcess:
     async def _end_leftovers(self) -> None:
         """SIGKILL the group and every descendant still alive after the leader is gone."""
         self.signal_group(signal.SIGKILL)
-        left = _kill(self._ours(), signal.SIGKILL)
+        table, _ = await _fresh_scan()
+        left = _kill(self._ours(table), signal.SIGKILL)
         if left:
             self.log.note(f"killed {len(left)} leftover process(es) of pid {self.pid}: "
                           f"{_describe(left)}")
             with trio.move_on_after(KILL_WAIT):
                 while any(_alive(p) for p in left):
-                    reap_orphans()
                     await trio.sleep(0.01)
         self._known.clear()
 
