@@ -77,7 +77,8 @@ def test_server_restart_shows_reconnecting_then_reconnects_by_itself(
 
 def test_gives_up_after_ten_attempts_with_a_message_then_reconnect_now(
         new_page: Any, server: Any) -> None:
-    page, errors = new_page()
+    # Phone width: the long status texts and the banner must still fit.
+    page, errors = new_page(viewport={"width": 375, "height": 812})
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     # 1 ms base: the ten attempts take about a second instead of 51 minutes.
@@ -90,6 +91,7 @@ def test_gives_up_after_ten_attempts_with_a_message_then_reconnect_now(
     assert "10 reconnection attempts failed" in banner.inner_text()
     assert page.locator("#conn-text").inner_text() == "Disconnected"
     assert not dialogs, "no blocking alert()"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
 
     # Gave up for good: no further attempt on its own.
     server.start()
