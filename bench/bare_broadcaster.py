@@ -16,7 +16,7 @@ import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from fanout_doc import make_doc, raise_fd_limit  # noqa: E402
+from fanout_doc import make_doc, raise_fd_limit
 
 
 async def main(interval: float) -> None:

@@ -17,6 +17,7 @@ GET /api/status latency with the N clients connected. Everything binds
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 # -- clients mode (the load generator process) -----------------------------------
@@ -107,7 +108,7 @@ async def run_clients(port: int, n: int, interval: float, ticks: int) -> dict[st
     for received in per_client:
         times = [t for t, _ in received]
         lags.extend(lag for _, lag in received)
-        for a, b in zip(times, times[1:], strict=False):
+        for a, b in itertools.pairwise(times):
             gaps.append(b - a)
             if b - a > 1.5 * interval:
                 lost += round((b - a) / interval) - 1
