@@ -215,6 +215,24 @@ async def test_stop_ends_a_grandchild_that_left_the_session_holding_stdout() -> 
 
 
 @pytest.mark.anyio
+async def test_a_burst_of_stops_leaves_nothing_behind(subreaper: None) -> None:
+    # 20 children, each with a grandchild in a session of its own, stopped at once:
+    # the stops share their reads of /proc, and still nothing survives.
+    logs = [LogTail(None) for _ in range(20)]
+    async with trio.open_nursery() as n:
+        kids = [await spawn(n, ["sh", "-c", "setsid sleep 60 & echo gc $!; sleep 60"], log)
+                for log in logs]
+        gcs = [int((await wait_text(log, "gc ")).split()[1]) for log in logs]
+        began = time.monotonic()
+        async with trio.open_nursery() as stops:
+            for kid in kids:
+                stops.start_soon(kid.stop, signal.SIGTERM, 5.0)
+        assert time.monotonic() - began < 5.0
+    assert [k.returncode for k in kids] == [-signal.SIGTERM] * 20
+    assert wait_gone(gcs, 2.0) == []
+
+
+@pytest.mark.anyio
 async def test_an_exited_childs_orphan_is_found_by_its_marker(subreaper: None) -> None:
     # The child exits at once; its setsid()ed grandchild is adopted by us (subreaper),
     # recognised by the marker it inherited, and ended although nobody called stop().
