@@ -9,6 +9,7 @@ retried now and then so that a freed disk recovers on its own.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -113,9 +114,13 @@ class _RotatingFile:
                 older = self.path.with_name(f"{self.path.name}.{i}")
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            # Someone may have moved the file away meanwhile (logrotate): then
+            # there is nothing to rotate, just start a new one.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
-            os.truncate(self.path, 0)
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(self.path, 0)
         self.open()
 
     def close(self) -> None:

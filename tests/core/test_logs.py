@@ -154,3 +154,15 @@ def test_extend_keeps_many_lines_and_rotates_within_the_size(tmp_path: Path) -> 
     assert path.stat().st_size <= 2000
     assert (tmp_path / "x.log.1").stat().st_size <= 2000
     assert path.read_text().splitlines()[-1].endswith(" stderr batch 099")
+
+
+def test_a_log_file_moved_away_is_started_anew(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    log = LogTail(path, max_bytes=100, backups=1)
+    log.append("stdout", "a" * 60)
+    path.rename(tmp_path / "elsewhere.log")  # e.g. logrotate without copytruncate
+    log.append("stdout", "b" * 60)  # the open file is the moved one; it rotates
+    log.append("stdout", "c" * 60)
+    assert log.file_error is None
+    log.close()
+    assert path.read_text().endswith("c" * 60 + "\n")
