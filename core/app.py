@@ -33,19 +33,25 @@ def load_config(path: str | Path, plugins: PluginManager) -> Config:
 async def _watch_signals(supervisor: object, stop: trio.Event,
                          *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        task_status.started()
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading the config")
-                try:
-                    await supervisor.reload()  # type: ignore[attr-defined]
-                except (ConfigError, OptionError) as exc:
-                    log.error("config reload rejected, nothing changed: %s", exc)
-                continue
-            log.info("%s: stopping every component, then exiting",
-                     signal.Signals(signum).name)
-            stop.set()
+    async def reload() -> None:
+        try:
+            await supervisor.reload()  # type: ignore[attr-defined]
+        except (ConfigError, OptionError) as exc:
+            log.error("config reload rejected, nothing changed: %s", exc)
+
+    # Reloads run beside this loop: a slow one must not hold SIGTERM up.
+    async with trio.open_nursery() as reloads:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                       signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading the config")
+                    reloads.start_soon(reload)
+                    continue
+                log.info("%s: stopping every component, then exiting",
+                         signal.Signals(signum).name)
+                stop.set()
 
 
 async def serve(config_path: str | Path) -> int:

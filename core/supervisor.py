@@ -26,6 +26,7 @@ PUBLIC API (used by the web layer and the CLI; signatures are stable):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -38,7 +39,7 @@ import trio
 
 from core import config as config_mod
 from core.config import ComponentConfig, Config
-from core.errors import PluginError, UnknownComponent
+from core.errors import ConfigError, PluginError, UnknownComponent
 from core.logs import LogTail
 from core.model import ComponentInfo, Launch, Probe
 from core.plugins import PluginManager
@@ -57,6 +58,8 @@ S = ComponentState
 STARTUP_PROBE_INTERVAL = 0.1
 #: Probes running at once in worker threads, all components together.
 PROBE_THREADS = 16
+#: How long a reload may take to read and validate config.toml.
+CONFIG_LOAD_TIMEOUT = 5.0
 
 
 @dataclass(eq=False)
@@ -179,8 +182,21 @@ class Supervisor:
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the config file; start new, stop removed, restart changed."""
         async with self._reload_lock:
-            new = config_mod.load(self.config.path, plugins=self.plugins.names,
-                                  validate=self.plugins.validate)
+            path = self.config.path
+            load = functools.partial(config_mod.load, path, plugins=self.plugins.names,
+                                     validate=self.plugins.validate)
+            # In a worker thread, bounded: plugins' validate_config hooks run here,
+            # and one that hangs must not freeze the ticks, REST and signals.
+            new: Config | None = None
+            with trio.move_on_after(CONFIG_LOAD_TIMEOUT):
+                new = await trio.to_thread.run_sync(load, abandon_on_cancel=True)
+            if new is None:
+                raise ConfigError(str(path), None, f"reading the config did not finish "
+                                  f"within {CONFIG_LOAD_TIMEOUT:g} s (a plugin's "
+                                  "validate_config hook hangs?); nothing changed")
+            if self._shutting_down:
+                raise ConfigError(str(path), None, "not reloaded: the supervisor is "
+                                  "shutting down")
             old = self.config
             added = [c for c in new.components if c not in old.components]
             removed = [c for c in old.components if c not in new.components]
