@@ -346,3 +346,37 @@ def test_sighup_with_broken_config_changes_nothing(tmp_path: Path, cores: list[C
     assert {k: new[k] for k in pids} == pids
     core.signal(signal.SIGTERM)
     assert core.wait_exit(15) == 0
+
+
+@pytest.mark.slow
+def test_reload_with_a_hanging_validate_config_keeps_supervising(tmp_path: Path,
+                                                                cores: list[Core]) -> None:
+    """A plugin whose validate_config hangs, met by POST /api/reload and by SIGHUP: the
+    snapshot keeps ticking, REST answers (400 once the load times out), SIGTERM during
+    a hung SIGHUP reload still exits 0 at once."""
+    site = plugin_site(tmp_path)
+    config = write_config(tmp_path, tagged("c0"), interval=INTERVAL)
+    core = start(cores, config, env=plugin_env(site))
+    pids = core.running_pids()
+    config.write_text(config.read_text() + '[components.stuck]\nplugin = "faulty"\n'
+                                           'hang_in = "validate_config"\n')
+    assert core.client is not None
+    with httpx.Client(base_url=core.url, timeout=20) as slow, ThreadPoolExecutor(1) as pool:
+        reload = pool.submit(slow.post, "/api/reload")
+        stamps = set()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            resp = core.client.get("/api/status", timeout=1.0)
+            stamps.add(resp.json()["metrics"]["timestamp"])
+            time.sleep(0.05)
+        assert len(stamps) >= 5  # ticks went on while the reload hangs
+        answer = reload.result(30)
+    assert answer.status_code == 400
+    assert "validate_config" in answer.json()["error"]
+    assert core.running_pids() == pids
+    core.signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: reloading" in core.stderr(), 5, "the SIGHUP")
+    began = time.monotonic()
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(10) == 0
+    assert time.monotonic() - began < 3.0
