@@ -87,6 +87,7 @@ async def serve(config_path: str | Path) -> int:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_watch_signals, supervisor, stop)
+            supervisor.publish_current()
             try:
                 port = await nursery.start(run_web)
             except OSError as exc:

@@ -310,6 +310,20 @@ class Supervisor:
         reap_orphans()
         return self._stats.read(pids)
 
+    def publish_current(self) -> dict[str, Any]:
+        """Publish a snapshot of the current state at once, without probes.
+
+        Used before the web server starts, so that its first client never
+        finds the hub empty.
+        """
+        now = time.time()
+        doc = build_document(
+            {cid: self._describe(c, time.monotonic()) for cid, c in self._components.items()},
+            self._stats.read([]), [], now)
+        if self.hub is not None:
+            self.hub.publish(doc)
+        return doc
+
     async def _probe(self, comp: Component, done: trio.Event) -> None:
         pid = comp.pid
         if pid is None:
