@@ -93,6 +93,9 @@ class Component:
     # they return) and never starves another component.
     probe_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     hook_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    # Its own for stop: a stop hook left hanging must not keep the next start
+    # waiting for the start hook's token (nor a hung start block a stop).
+    stop_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     wake: trio.Event = field(default_factory=trio.Event)
     run_scope: trio.CancelScope | None = None
     task_scope: trio.CancelScope | None = None
@@ -520,7 +523,8 @@ class Supervisor:
         if self.plugins.implements(cfg.plugin, "stop"):
             try:
                 with trio.move_on_after(cfg.stop_timeout / 2):
-                    await self._hook(comp, "stop", timeout=cfg.stop_timeout / 2, pid=child.pid)
+                    await self._hook(comp, "stop", timeout=cfg.stop_timeout / 2, pid=child.pid,
+                                     limiter=comp.stop_limiter)
             except Exception as exc:
                 comp.log.note(f"stop hook failed: {_describe_exc(exc)}")
         remaining = max(0.1, cfg.stop_timeout - (time.monotonic() - began))
