@@ -292,6 +292,16 @@ def test_misbehaving_plugin_affects_only_its_components(tmp_path: Path,
         core.wait_state(cid, lambda v: v["state"] == "stopped", 5, "stopped")
         assert time.monotonic() - began < 1.0 + 1.0
         assert not alive(pid)
+    # A stop hook still hanging in its thread does not keep the component from
+    # starting again (nor from stopping again, bounded as before).
+    core.post("/api/components/hang_stop/start")
+    view = core.wait_state("hang_stop", lambda v: v["state"] in ("running", "error"), 5,
+                           "started again")
+    assert view["state"] == "running" and view["error"] is None, view
+    began = time.monotonic()
+    core.post("/api/components/hang_stop/stop")
+    core.wait_state("hang_stop", lambda v: v["state"] == "stopped", 5, "stopped again")
+    assert time.monotonic() - began < 1.0 + 1.0
     notes = core.notes("raise_stop")
     assert any("stop hook failed: PluginError: plugin 'faulty' stop hook failed: "
                "RuntimeError: boom in stop" in n for n in notes), notes
