@@ -1,7 +1,7 @@
 """Bounded soak of a real supervisor: is memory flat, is the stream on time?
 
     python bench/soak.py [--minutes 10] [--components 50] [--crashers 10]
-                         [--clients 500] [--interval 2.0] [--json out.json]
+                         [--clients 500] [--interval 2.0] [--log-lines N] [--json out.json]
 
 Starts `python -m core` on 127.0.0.1 (free port) with `--components`
 components, `--crashers` of which crash-loop (restart = "always", a child
@@ -283,8 +283,10 @@ async def soak(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
                   f"missed={stats.missed_ticks} errors={len(stats.errors)}", flush=True)
         stop.set()
     load_cpu = me.cpu_percent(None)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        history_points = len((await http.get("/api/history")).json()["points"])
     return {"clients": stats, "control": control, "samples": samples, "ramp_s": ramp,
-            "load_generator_cpu_percent": load_cpu}
+            "load_generator_cpu_percent": load_cpu, "history_points": history_points}
 
 
 def main() -> int:
@@ -299,6 +301,9 @@ def main() -> int:
                         help="control requests per second (default 1)")
     parser.add_argument("--sample-every", type=float, default=10.0,
                         help="seconds between RSS/CPU samples (default 10)")
+    parser.add_argument("--log-lines", type=int, default=None,
+                        help="[server] log_lines (in-memory lines per component); a small "
+                             "value fills that bounded buffer early in the run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not 0 < args.minutes <= 120 or not 0 < args.clients <= 5000:
@@ -308,7 +313,8 @@ def main() -> int:
         directory = Path(tmp)
         config = write_config(directory, components=args.components, crashers=args.crashers,
                               interval=args.interval, max_clients=args.clients + 100,
-                              control_rate=max(20.0, args.control_rate * 2))
+                              control_rate=max(20.0, args.control_rate * 2),
+                              **({"log_lines": args.log_lines} if args.log_lines else {}))
         server = start_server(config, directory / "output.txt")
         try:
             result = trio.run(soak, args, server.port, server.proc.pid)
@@ -352,6 +358,9 @@ def report(args: argparse.Namespace, result: dict[str, Any], status: int,
                "first_errors": stats.errors[:5]},
         "control": result["control"],
         "load_generator_cpu_percent": result["load_generator_cpu_percent"],
+        # The history ring (at least 30 min of points) fills during a soak:
+        # RSS grows with it until it is full, by design.
+        "history_points_at_end": result["history_points"],
         "server_exit_status": status,
         "server_error_lines": problems[:20],
     }
