@@ -303,3 +303,55 @@ def test_log_dir_that_cannot_exist_does_not_stop_the_supervisor(
         None, pids["a"]), 10, "restarted")
     core.signal(signal.SIGTERM)
     assert core.wait_exit(15) == 0
+
+
+# -- a child that floods its output ---------------------------------------------------
+
+FLOOD = """
+import os, sys, time
+line = b"x" * 99 + b"\\n"
+chunk = line * 640
+end = time.monotonic() + 3.0
+while time.monotonic() < end:
+    os.write(1, chunk)
+print("flood over", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_output_flood_keeps_ticks_and_memory_bounded(tmp_path: Path, cores: list[Core]) -> None:
+    """A child writing as fast as it can: the snapshot keeps its cadence, REST keeps
+    answering, the supervisor's memory stays bounded, the log file rotates."""
+    interval = 0.25
+    body = component("flood", FLOOD) + component("quiet", "import time; time.sleep(600)")
+    config = write_config(tmp_path, body, interval=interval,
+                          server="log_max_bytes = 1048576\nlog_backups = 2\n")
+    core = start(cores, config)
+    proc = psutil.Process(core.pid)
+    rss0 = proc.memory_info().rss
+    stamps: list[float] = []
+    slowest = 0.0
+    peak = rss0
+    began = time.monotonic()
+    while time.monotonic() - began < 2.5:
+        t0 = time.monotonic()
+        snap = core.status()
+        slowest = max(slowest, time.monotonic() - t0)
+        stamp = ts(snap["metrics"]["timestamp"])
+        if not stamps or stamp != stamps[-1]:
+            stamps.append(stamp)
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.02)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert max(gaps) < 2 * interval + 0.1, gaps
+    assert slowest < 0.5, f"GET /api/status took {slowest:.2f} s during the flood"
+    assert peak - rss0 < 100 * 2**20, f"supervisor grew by {(peak - rss0) / 2**20:.0f} MiB"
+    wait_for(lambda: any(x["text"] == "flood over" for x in core.get(
+        "/api/components/flood/logs?lines=5")["lines"]), 20, "the end of the flood")
+    logs = tmp_path / "logs"
+    assert (logs / "flood.log.1").is_file() and not (logs / "flood.log.3").exists()
+    assert (logs / "flood.log").stat().st_size <= 1048576
+    assert core.comp("quiet")["state"] == "running"
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(15) == 0
