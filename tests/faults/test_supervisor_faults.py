@@ -141,7 +141,10 @@ def test_sigterm_while_components_start(tmp_path: Path, cores: list[Core]) -> No
                    for i in range(4))
     body += component("unready", SLEEP, health_tcp="127.0.0.1:9", start_timeout=60.0)
     body += tagged("waiter", depends_on=["unready"])
+    body += component("crashy", "import sys; sys.exit(1)", backoff_initial=30.0,
+                      backoff_max=30.0)
     core = start(cores, write_config(tmp_path, body), env=plugin_env(site))
+    core.wait_state("crashy", lambda v: v["next_restart_in"] is not None, 5, "backing off")
     view = core.comp("waiter")
     assert view["state"] == "starting" and "waiting for unready" in view["error"]
     assert core.comp("slow0")["pid"] is None  # its start hook is still sleeping
@@ -150,7 +153,8 @@ def test_sigterm_while_components_start(tmp_path: Path, cores: list[Core]) -> No
     _assert_clean_exit(core, 10)
     assert time.monotonic() - began < 5.0
     # No slow start hook had returned, the waiter's dependency never got ready.
-    assert set(started_pids(core)) == {"unready"}
+    assert set(started_pids(core)) == {"unready", "crashy"}
+    assert len(started_pids(core)["crashy"]) == 1  # its 30 s backoff was cut short
     # A start hook that returned after the shutdown began spawned nothing.
     time.sleep(1.0)
     assert core.leftovers() == []
