@@ -3,8 +3,9 @@
 `hypercorn.trio.serve` hides three things the web layer needs: the bound
 sockets (port 0, a clear error when the port is taken), the transport of
 each connection (to cut off a WebSocket client that stopped reading: a send
-to it blocks inside hypercorn, shielded from cancellation) and the order of
-shutdown (our 1001 close frames first, then hypercorn's own). So this module
+to it blocks inside hypercorn, shielded from cancellation; and to write the
+tick's pre-encoded frame without hypercorn's per-message layers) and the
+order of shutdown (our 1001 close frames first, then hypercorn's own). So this module
 does what `hypercorn.trio.run.worker_serve` does, minus lifespan and
 multi-worker plumbing, with hypercorn's own per-connection `TCPServer`.
 
@@ -53,23 +54,30 @@ ws_stream.Handshake = _Handshake  # type: ignore[misc]
 
 
 class Connections:
-    """The live transports, by client address, so a stuck one can be cut off."""
+    """The live connections, by client address.
+
+    Lets the fan-out see how much a client has left unread, cut off one that
+    is stuck, and write pre-encoded WebSocket frames to it directly.
+    """
 
     def __init__(self) -> None:
-        self._streams: dict[tuple[str, int], Any] = {}
+        self._servers: dict[tuple[str, int], _TCPServer] = {}
 
-    def add(self, peer: tuple[str, int], stream: Any) -> None:
-        self._streams[peer] = stream
+    def add(self, peer: tuple[str, int], server: _TCPServer) -> None:
+        self._servers[peer] = server
 
-    def remove(self, peer: tuple[str, int], stream: Any) -> None:
-        if self._streams.get(peer) is stream:
-            del self._streams[peer]
+    def remove(self, peer: tuple[str, int], server: _TCPServer) -> None:
+        if self._servers.get(peer) is server:
+            del self._servers[peer]
+
+    def __contains__(self, peer: Any) -> bool:
+        return peer is not None and tuple(peer) in self._servers
 
     def _socket(self, peer: Any) -> trio.socket.SocketType | None:
-        stream = self._streams.get(tuple(peer) if peer else None)  # type: ignore[arg-type]
-        if stream is None:
+        server = self._servers.get(tuple(peer)) if peer else None
+        if server is None:
             return None
-        stream = getattr(stream, "transport_stream", stream)  # TLS: the socket below
+        stream = getattr(server.stream, "transport_stream", server.stream)  # TLS: below
         return getattr(stream, "socket", None)
 
     def unsent_bytes(self, peer: Any) -> int:
@@ -95,6 +103,37 @@ class Connections:
         sock.close()  # trio wakes the blocked sender with ClosedResourceError
         return True
 
+    async def send_raw(self, peer: Any, data: bytes) -> None:
+        """Write bytes to the client's transport, as hypercorn does (same lock).
+
+        Raises ConnectionError when the connection is gone.
+        """
+        server = self._servers.get(tuple(peer)) if peer else None
+        if server is None:
+            raise ConnectionError("connection closed")
+        try:
+            async with server.send_lock:
+                # Shielded like hypercorn's own writes: a frame is never cut
+                # in half by a cancellation.
+                with trio.CancelScope(shield=True):
+                    await server.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            # Busy: hypercorn is closing the stream (its send_eof takes no lock).
+            raise ConnectionError("connection closed") from None
+
+
+def text_frame(text: str) -> bytes:
+    """One unmasked, final WebSocket text frame (RFC 6455 5.2) carrying `text`."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
 
 class _TCPServer(TCPServer):
     """hypercorn's connection handler, registered while it lives."""
@@ -111,12 +150,12 @@ class _TCPServer(TCPServer):
         except OSError:
             peer = None
         if peer is not None:
-            self._connections.add(peer, self.stream)
+            self._connections.add(peer, self)
         try:
             await super().run()
         finally:
             if peer is not None:
-                self._connections.remove(peer, self.stream)
+                self._connections.remove(peer, self)
 
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:

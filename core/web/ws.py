@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket
 
 from core.config import ServerConfig
 from core.hub import Hub, Snapshot, normalise_metrics
-from core.web._hypercorn import Connections
+from core.web._hypercorn import Connections, text_frame
 from core.web.security import RateLimiter, origin_ok, request_token, token_ok
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,12 @@ NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = (
 
 class _Client:
     __slots__ = ("cancel", "close_code", "close_reason", "components", "metrics", "peer",
-                 "send_started")
+                 "raw", "send_started")
 
-    def __init__(self, peer: Any) -> None:
+    def __init__(self, peer: Any, raw: bool) -> None:
         self.peer = peer
+        #: Snapshots go out as the tick's pre-encoded frame, straight to the socket.
+        self.raw = raw
         self.components: frozenset[str] | None = None
         self.metrics: frozenset[str] | None = None
         #: trio time when the send in flight began; None when idle.
@@ -69,6 +71,9 @@ class Fanout:
         self.closing = False
         self._empty = trio.Event()
         self._empty.set()
+        # The tick's WebSocket frames, one per distinct text (filters).
+        self._frames: dict[str, bytes] = {}
+        self._frames_seq = -1
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -118,7 +123,13 @@ class Fanout:
             await _close(send, receive, TRY_AGAIN_LATER,
                          f"too many clients (max_clients = {self.server.max_clients})")
             return
-        client = _Client(scope.get("client"))
+        peer = scope.get("client")
+        # HTTP/1.1 without compression: the frame bytes are the same for every
+        # client (server frames are not masked), so they are built once per
+        # tick. HTTP/2 streams and deflate need hypercorn's per-message path.
+        raw = (scope.get("http_version") == "1.1" and not self.server.compression
+               and peer in self.connections)
+        client = _Client(peer, raw)
         self.clients.add(client)
         self._empty = trio.Event()
         try:
@@ -169,7 +180,24 @@ class Fanout:
             stalled_since = None
             seq = snap.seq
             text = hub.filtered_text(snap, client.components, client.metrics)
-            await self._send(client, send, {"type": "websocket.send", "text": text})
+            if not client.raw:
+                await self._send(client, send, {"type": "websocket.send", "text": text})
+                continue
+            client.send_started = trio.current_time()
+            try:
+                await self.connections.send_raw(client.peer, self._frame(snap.seq, text))
+            except ConnectionError:
+                return  # hypercorn's reader reports the disconnect to _receiver
+            finally:
+                client.send_started = None
+
+    def _frame(self, seq: int, text: str) -> bytes:
+        if seq != self._frames_seq:
+            self._frames, self._frames_seq = {}, seq
+        frame = self._frames.get(text)
+        if frame is None:
+            frame = self._frames[text] = text_frame(text)
+        return frame
 
     async def _receiver(self, client: _Client, receive: Any, send: Any) -> None:
         limiter = RateLimiter(self.server.message_rate)
