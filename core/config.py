@@ -59,7 +59,7 @@ class ComponentConfig:
     autostart: bool = True
     restart: str = "on-failure"
     depends_on: tuple[str, ...] = ()
-    stop_signal: int = signal.SIGTERM
+    stop_signal: int = signal.SIGTERM.value
     stop_timeout: float = 10.0
     start_timeout: float = 30.0
     probe_timeout: float = 1.0
