@@ -1,0 +1,65 @@
+"""core.web.serve itself: binding errors, shutdown, the per-message path."""
+
+from __future__ import annotations
+
+import json
+import socket
+from functools import partial
+
+import pytest
+import trio
+
+from core.config import ServerConfig
+from core.hub import Hub
+from core.web import serve
+
+from .conftest import close_transport, web_server, ws_client
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_port_taken_is_a_clear_oserror():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        hub = Hub(interval=1.0, history_seconds=60)
+        with pytest.raises(OSError) as refused:
+            await serve(None, hub, ServerConfig(port=port), shutdown=trio.Event())
+    assert f"127.0.0.1:{port}" in str(refused.value)
+    assert "[server] port" in str(refused.value)
+    assert "already in use" in refused.value.strerror
+
+
+async def test_shutdown_returns_promptly_and_frees_the_port(tmp_path):
+    hub = Hub(interval=0.2, history_seconds=60)
+    hub.publish({"components": {}, "metrics": {}})
+    shutdown = trio.Event()
+    server = ServerConfig(port=0, interval=0.2)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve, None, hub, server, shutdown=shutdown))
+        async with ws_client(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.get_message()
+            t0 = trio.current_time()
+            shutdown.set()
+            with trio.fail_after(5):
+                while ws.closed is None:
+                    try:
+                        await ws.get_message()
+                    except Exception:
+                        break
+            await close_transport(ws)
+    assert trio.current_time() - t0 < 3
+    assert ws.closed.code == 1001
+    with socket.socket() as again:  # the listening socket is closed
+        again.bind(("127.0.0.1", port))
+
+
+async def test_compression_on_uses_the_per_message_path(tmp_path):
+    async with web_server(tmp_path, server="compression = true", interval=0.1) as srv:
+        async with ws_client(srv.ws_url) as ws:
+            docs = [json.loads(await ws.get_message()) for _ in range(3)]
+            await ws.send_message('{"type": "subscribe", "metrics": ["cpu"]}')
+            doc = json.loads(await ws.get_message())
+    assert all("components" in d for d in docs)
+    assert set(doc["metrics"]) == {"timestamp", "cpu_percent"}
