@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import trio
@@ -27,7 +28,30 @@ class StartupError(Exception):
 
 
 def load_config(path: str | Path, plugins: PluginManager) -> Config:
-    return load(path, plugins=plugins.names, validate=plugins.validate)
+    """Read and validate `path`; a ConfigError also when a plugin's validate_config hangs."""
+    from core.supervisor import CONFIG_LOAD_TIMEOUT
+
+    found: list[Config | BaseException] = []
+
+    def work() -> None:
+        try:
+            found.append(load(path, plugins=plugins.names, validate=plugins.validate))
+        except BaseException as exc:
+            found.append(exc)
+
+    # A daemon thread: a validate_config hook that never returns must neither
+    # hang the start nor keep the interpreter from exiting with status 2.
+    worker = threading.Thread(target=work, name="config-load", daemon=True)
+    worker.start()
+    worker.join(CONFIG_LOAD_TIMEOUT)
+    if not found:
+        raise ConfigError(str(path), None, f"reading the config did not finish within "
+                                           f"{CONFIG_LOAD_TIMEOUT:g} s (a plugin's "
+                                           "validate_config hook hangs?)")
+    result = found[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 async def _watch_signals(supervisor: object, stop: trio.Event,
