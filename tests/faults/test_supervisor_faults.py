@@ -394,3 +394,24 @@ def test_reload_with_a_hanging_validate_config_keeps_supervising(tmp_path: Path,
     core.signal(signal.SIGTERM)
     assert core.wait_exit(10) == 0
     assert time.monotonic() - began < 3.0
+
+
+@pytest.mark.slow
+def test_plugin_hanging_in_validate_config_at_start_is_a_config_error(tmp_path: Path) -> None:
+    """The start does not hang: exit 2 after the load timeout, a message, no traceback."""
+    import subprocess
+
+    from core.supervisor import CONFIG_LOAD_TIMEOUT
+
+    site = plugin_site(tmp_path)
+    config = write_config(tmp_path, '[components.stuck]\nplugin = "faulty"\n'
+                                    'hang_in = "validate_config"\n')
+    env = {"PATH": "/usr/bin:/bin", **plugin_env(site)}
+    began = time.monotonic()
+    run = subprocess.run([PY, "-m", "core", "--config", str(config)], env=env,
+                         capture_output=True, text=True, timeout=CONFIG_LOAD_TIMEOUT + 20)
+    assert run.returncode == 2, run.stderr
+    assert time.monotonic() - began < CONFIG_LOAD_TIMEOUT + 5
+    assert (f"{config}: reading the config did not finish within {CONFIG_LOAD_TIMEOUT:g} s"
+            in run.stderr)
+    assert "Traceback" not in run.stderr
