@@ -25,15 +25,19 @@ import socket
 import termios
 from collections.abc import Awaitable, Callable
 from functools import partial
+from io import BytesIO, StringIO
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.protocol import ws_stream
+from hypercorn.protocol import h2, h11, ws_stream
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr, wrap_app
+from wsproto.connection import ConnectionState as WSState
+from wsproto.events import CloseConnection, Message, Ping, TextMessage
 
 #: Whether WebSocket handshakes of the current server may negotiate
 #: permessage-deflate (hypercorn's behaviour is True).
@@ -51,6 +55,63 @@ class _Handshake(ws_stream.Handshake):
 
 # hypercorn looks the class up in its module at each handshake.
 ws_stream.Handshake = _Handshake  # type: ignore[misc]
+
+#: Whether WebSocket streams of the current server hand an oversized message
+#: to the app cut at max size + 1 (True) or close it with 1009 themselves.
+BOUNDED_MESSAGES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "control_center_ws_bounded", default=False)
+
+
+class _WSStream(ws_stream.WSStream):
+    """hypercorn's WebSocket stream, with memory bounded by the message limit.
+
+    hypercorn writes each fragment into its buffer before it checks the size
+    and keeps writing after it sent 1009, so one client could make the server
+    hold any amount (200 MB measured for a 200 MB message); and it stops
+    reading events after the 1009, which leaves the client's close answer
+    unread and the connection (and its `max_clients` slot) open. Here an
+    oversized message is handed to the app as its first max size + 1
+    characters, the rest is dropped as it arrives, and reading goes on: the
+    app refuses it with 1009 and waits for the client's answer as for any
+    close of its own.
+    """
+
+    _dropping = False
+
+    async def _handle_events(self) -> None:
+        if not BOUNDED_MESSAGES.get():
+            await super()._handle_events()
+            return
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                if self._dropping:  # the rest of a message already handed over
+                    self._dropping = not event.message_finished
+                    continue
+                buf = self.buffer
+                room = buf.max_length + 1 - buf.length
+                if len(event.data) < room:
+                    buf.extend(event)  # cannot exceed the limit: never raises
+                    if not event.message_finished:
+                        continue
+                else:
+                    if buf.value is None:
+                        buf.value = (StringIO() if isinstance(event, TextMessage)
+                                     else BytesIO())
+                    buf.length += buf.value.write(event.data[:room])
+                    self._dropping = not event.message_finished
+                await self.app_put(buf.to_message())
+                buf.clear()
+            elif isinstance(event, Ping):
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, CloseConnection):
+                if self.connection.state == WSState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+# The protocols look the class up in their own modules.
+h11.WSStream = _WSStream  # type: ignore[misc]
+h2.WSStream = _WSStream  # type: ignore[misc]
 
 
 class Connections:
@@ -187,6 +248,7 @@ async def serve_asgi(app: Any, config: HyperConfig, sock: socket.socket, *,
     them `config.graceful_timeout` before cancelling them.
     """
     COMPRESSION.set(compression)
+    BOUNDED_MESSAGES.set(True)
     context = WorkerContext(None)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     listener: Any = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
