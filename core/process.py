@@ -92,20 +92,15 @@ def enable_subreaper(on: bool = True) -> bool:
     return _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
+# The last process table read, with when its reading began: a burst of stops
+# (shutdown of 200 components) shares one read through _fresh_scan().
 _scan_cache: tuple[float, dict[int, int], set[int]] = (-1.0, {}, set())
 
-#: A process table this recent is reused: a burst of stops (shutdown of 200
-#: components) then reads /proc once, not once per component and step.
-SCAN_MAX_AGE = 0.05
 
-
-def _scan(max_age: float = SCAN_MAX_AGE) -> tuple[dict[int, int], set[int]]:
+def _scan() -> tuple[dict[int, int], set[int]]:
     """pid -> parent pid for every process, and the zombies: one pass over /proc."""
     global _scan_cache
-    taken, table, zombies = _scan_cache
-    now = time.monotonic()
-    if now - taken <= max_age:
-        return table, zombies
+    began = time.monotonic()
     table, zombies = {}, set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -120,22 +115,22 @@ def _scan(max_age: float = SCAN_MAX_AGE) -> tuple[dict[int, int], set[int]]:
                 zombies.add(int(name))
         except (OSError, ValueError):
             continue
-    _scan_cache = (now, table, zombies)
+    _scan_cache = (began, table, zombies)
     return table, zombies
 
 
-def _ppid_map(max_age: float = SCAN_MAX_AGE) -> dict[int, int]:
-    return _scan(max_age)[0]
-
-
 async def _fresh_scan() -> tuple[dict[int, int], set[int]]:
-    """A process table read after this call began; concurrent callers share one read."""
+    """A process table read after this call began; concurrent callers share one read.
+
+    Never older than the call: a table from before the request could miss a
+    process forked just before, which would then survive the stop.
+    """
     asked = time.monotonic()
     # One scheduling round lets the other stops of a burst reach this point too.
     await trio.lowlevel.checkpoint()
     if _scan_cache[0] >= asked:
         return _scan_cache[1], _scan_cache[2]
-    return _scan(max_age=0.0)
+    return _scan()
 
 
 def _descendant_pids(pid: int, table: Mapping[int, int]) -> list[int]:
@@ -161,7 +156,7 @@ def _processes(pids: Iterable[int]) -> list[psutil.Process]:
 
 def descendants(pid: int, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
     """Every live descendant of `pid` (empty if `pid` is gone)."""
-    return _processes(_descendant_pids(pid, _ppid_map(0.0) if table is None else table))
+    return _processes(_descendant_pids(pid, _scan()[0] if table is None else table))
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -210,7 +205,7 @@ def stragglers(table: Mapping[int, int] | None = None) -> list[psutil.Process]:
     groups = set(_live)
     pids = []
     # Filter on pids first: a psutil.Process costs a /proc read, a getpgid() does not.
-    for pid in _descendant_pids(_self().pid, _ppid_map(0.0) if table is None else table):
+    for pid in _descendant_pids(_self().pid, _scan()[0] if table is None else table):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if pid not in _live and os.getpgid(pid) not in groups:
                 pids.append(pid)
@@ -225,7 +220,7 @@ def reap_orphans() -> list[int]:
     other code started with a plain fork and will wait for itself.
     """
     with _registry_lock:
-        return _reap_orphans(*_scan(max_age=0.0))
+        return _reap_orphans(*_scan())
 
 
 def _reap_orphans(table: Mapping[int, int], zombies: set[int]) -> list[int]:
@@ -248,9 +243,9 @@ def _reap_orphans(table: Mapping[int, int], zombies: set[int]) -> list[int]:
 
 def kill_all_now() -> None:
     """SIGKILL every live child, its group and its known descendants (at exit)."""
-    _scan(max_age=0.0)  # one fresh table, shared by the kill_now() calls below
+    table, _ = _scan()  # one table for all: the kills below cannot add processes
     for child in list(_live.values()):
-        child.kill_now()
+        child._kill_now(table)
 
 
 def _preexec(parent_pid: int) -> None:
@@ -481,7 +476,7 @@ class ChildProcess:
         deadline = trio.current_time() + timeout
         name = _signame(sig)
         self._stopping = True
-        table = _ppid_map()
+        table, _ = await _fresh_scan()
         self._remember_descendants(table)
         others = [p for p in self._ours(table) if p.pid != self.pid]
         if self.returncode is None:
@@ -554,7 +549,9 @@ class ChildProcess:
 
     def kill_now(self) -> None:
         """Synchronous SIGKILL of the group and every known descendant (used at exit)."""
-        table = _ppid_map()
+        self._kill_now(_scan()[0])
+
+    def _kill_now(self, table: Mapping[int, int]) -> None:
         self._remember_descendants(table)
         procs = self._ours(table)
         self.signal_group(signal.SIGKILL)

@@ -215,6 +215,22 @@ async def test_stop_ends_a_grandchild_that_left_the_session_holding_stdout() -> 
 
 
 @pytest.mark.anyio
+async def test_stop_right_after_a_grandchild_appears() -> None:
+    # The grandchild exists for a few milliseconds only when stop() begins, and
+    # ignores SIGTERM from a session of its own: only a process table read after
+    # the stop request can find it (a cached one from just before would not).
+    log = LogTail(None)
+    code = """setsid sh -c 'trap "" TERM; echo gc-ready; exec sleep 60' & echo gc $!; sleep 60"""
+    async with trio.open_nursery() as n:
+        process._scan()
+        child = await spawn(n, ["sh", "-c", code], log)
+        gc = int((await wait_text(log, "gc ")).split()[1])
+        await wait_text(log, "gc-ready")
+        assert await child.stop(signal.SIGTERM, 0.3) == -signal.SIGTERM
+    assert wait_gone([gc], 2.0) == []
+
+
+@pytest.mark.anyio
 async def test_a_burst_of_stops_leaves_nothing_behind(subreaper: None) -> None:
     # 20 children, each with a grandchild in a session of its own, stopped at once:
     # the stops share their reads of /proc, and still nothing survives.
