@@ -54,6 +54,7 @@ async def serve(supervisor: Any, hub: Hub, server: ServerConfig, *, shutdown: tr
         app = build_app(supervisor, hub, server, fanout)
         stop_http = trio.Event()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(fanout.broadcast)
             nursery.start_soon(fanout.watchdog)
             async with trio.open_nursery() as http:
                 http.start_soon(lambda: serve_asgi(

@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextvars
 import errno
 import fcntl
+import os
 import socket
 import termios
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from io import BytesIO, StringIO
 from typing import Any
@@ -106,6 +108,12 @@ class _WSStream(ws_stream.WSStream):
             elif isinstance(event, CloseConnection):
                 if self.connection.state == WSState.REMOTE_CLOSING:
                     await self._send_wsproto_event(event.response())
+                elif self.connection.state == WSState.OPEN:
+                    # wsproto found a protocol error (bad opcode, unmasked
+                    # frame, invalid UTF-8...): say so (RFC 6455 7.1.7), where
+                    # hypercorn just drops the connection (1006 for the client).
+                    await self._send_wsproto_event(
+                        CloseConnection(code=event.code, reason=(event.reason or "")[:120]))
                 await self.send(StreamClosed(stream_id=self.stream_id))
 
 
@@ -183,6 +191,62 @@ class Connections:
             raise ConnectionError("connection closed") from None
 
 
+    def try_send(self, peer: Any, data: bytes) -> Partial | bool | None:
+        """Write `data` now if the client's socket takes it without waiting.
+
+        True: all written. False: nothing written (busy, not plain TCP, or the
+        client has not drained what it got before). None: connection gone.
+        A `Partial`: some written; the connection's send lock stays held
+        until `finish(partial)` writes the rest, so nothing can come between.
+        """
+        server = self._servers.get(tuple(peer)) if peer else None
+        if server is None:
+            return None
+        stream = server.stream
+        if type(stream) is not trio.SocketStream:
+            return False
+        lock = server.send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        try:
+            fd = stream.socket.fileno()
+            outq = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+            if int.from_bytes(outq, "little", signed=True) > 0:
+                lock.release()
+                return False
+            written = os.write(fd, data)
+        except BlockingIOError:
+            lock.release()
+            return False
+        except (OSError, ValueError):
+            lock.release()
+            return None
+        if written == len(data):
+            lock.release()
+            return True
+        return Partial(server, data[written:])
+
+    async def finish(self, partial: Partial) -> None:
+        """Write the rest of a partial send, then release the send lock."""
+        try:
+            with trio.CancelScope(shield=True):
+                await partial.server.stream.send_all(partial.rest)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            raise ConnectionError("connection closed") from None
+        finally:
+            partial.server.send_lock.release()
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A frame the socket took only part of; its connection's send lock is held."""
+
+    server: _TCPServer
+    rest: bytes
+
+
 def text_frame(text: str) -> bytes:
     """One unmasked, final WebSocket text frame (RFC 6455 5.2) carrying `text`."""
     payload = text.encode()
@@ -202,6 +266,9 @@ class _TCPServer(TCPServer):
     def __init__(self, connections: Connections, *args: Any) -> None:
         super().__init__(*args)
         self._connections = connections
+        # Same role as hypercorn's Lock, but a partial write started by the
+        # fan-out's loop can be finished (and released) by the client's task.
+        self.send_lock = trio.Semaphore(1)  # type: ignore[assignment]
 
     async def run(self) -> None:
         transport = getattr(self.stream, "transport_stream", self.stream)

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket
 
 from core.config import ServerConfig
 from core.hub import Hub, Snapshot, normalise_metrics
-from core.web._hypercorn import Connections, text_frame
+from core.web._hypercorn import Connections, Partial, text_frame
 from core.web.security import RateLimiter, origin_ok, request_token, token_ok
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = (
 
 
 class _Client:
-    __slots__ = ("cancel", "close_code", "close_reason", "components", "metrics", "peer",
-                 "raw", "send_started")
+    __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "components",
+                 "metrics", "peer", "raw", "send_started", "seq")
 
     def __init__(self, peer: Any, raw: bool) -> None:
         self.peer = peer
@@ -48,11 +48,23 @@ class _Client:
         self.raw = raw
         self.components: frozenset[str] | None = None
         self.metrics: frozenset[str] | None = None
+        #: The seq of the last snapshot sent to this client.
+        self.seq = 0
+        #: The client's own task is sending (the fan-out loop leaves it alone).
+        self.busy = False
         #: trio time when the send in flight began; None when idle.
         self.send_started: float | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self.cancel = trio.CancelScope()
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def woken(self) -> None:
+        await self._wake.wait()
+        self._wake = trio.Event()
 
     def stop(self, code: int, reason: str) -> None:
         if self.close_code is None:
@@ -74,6 +86,8 @@ class Fanout:
         # The tick's WebSocket frames, one per distinct text (filters).
         self._frames: dict[str, bytes] = {}
         self._frames_seq = -1
+        # Frames the fan-out loop could write only in part, for the client's task.
+        self._partials: dict[_Client, Partial] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -143,6 +157,12 @@ class Fanout:
             client.close_code, client.close_reason = INTERNAL, "internal error"
         finally:
             self.clients.discard(client)
+            partial = self._partials.pop(client, None)
+            if partial is not None:
+                # Half a frame is out: nothing else may follow on this socket.
+                self.connections.abort(client.peer)
+                partial.server.send_lock.release()
+                client.close_code = None
             if not self.clients:
                 self._empty.set()
         if client.close_code is not None:
@@ -159,37 +179,79 @@ class Fanout:
         finally:
             client.send_started = None
 
+    async def broadcast(self) -> None:
+        """The fan-out: one pass of non-blocking writes per tick.
+
+        Most clients take the tick's frame at once; the others (a partial
+        write, a client that has not drained, TLS, HTTP/2, compression) are
+        handed to their own task, so no client ever waits for another.
+        """
+        seq = 0
+        while True:
+            snap = await self.hub.wait_after(seq)
+            seq = snap.seq
+            for client in list(self.clients):
+                if client.seq >= seq:
+                    continue
+                if client.raw and not client.busy:
+                    text = self.hub.filtered_text(snap, client.components, client.metrics)
+                    sent = self.connections.try_send(client.peer, self._frame(seq, text))
+                    if sent is True:
+                        client.seq = seq
+                        continue
+                    if sent is None:
+                        continue  # gone: hypercorn tells the client's receiver
+                    if sent is not False:  # a Partial: the client's task finishes it
+                        client.seq = seq
+                        self._partials[client] = sent
+                client.wake()
+
     async def _sender(self, client: _Client, send: Any) -> None:
+        """Whatever the fan-out loop could not do at once, for one client."""
         hub = self.hub
         poll = hub.interval / 4
         limit = STUCK_INTERVALS * hub.interval
         stalled_since: float | None = None
-        seq = 0
+        client.wake()  # the latest snapshot at once
         while True:
-            snap = await hub.wait_after(seq)
-            if self.connections.unsent_bytes(client.peer) > 0:
-                # Not drained since the last send: keep only the latest for it.
-                now = trio.current_time()
-                if stalled_since is None:
-                    stalled_since = now
-                elif now - stalled_since > limit:
-                    client.stop(POLICY, "client not reading")
-                    return
-                await trio.sleep(poll)
-                continue
-            stalled_since = None
-            seq = snap.seq
-            text = hub.filtered_text(snap, client.components, client.metrics)
-            if not client.raw:
-                await self._send(client, send, {"type": "websocket.send", "text": text})
-                continue
-            client.send_started = trio.current_time()
+            await client.woken()
+            client.busy = True
             try:
-                await self.connections.send_raw(client.peer, self._frame(snap.seq, text))
+                partial = self._partials.pop(client, None)
+                if partial is not None:
+                    await self._timed(client, self.connections.finish(partial))
+                while (snap := hub.latest) is not None and snap.seq > client.seq:
+                    if self.connections.unsent_bytes(client.peer) > 0:
+                        # Not drained since the last send: it gets only the latest,
+                        # once it has; stuck for too long, it is closed.
+                        now = trio.current_time()
+                        if stalled_since is None:
+                            stalled_since = now
+                        elif now - stalled_since > limit:
+                            client.stop(POLICY, "client not reading")
+                            return
+                        await trio.sleep(poll)
+                        continue
+                    stalled_since = None
+                    text = hub.filtered_text(snap, client.components, client.metrics)
+                    client.seq = snap.seq
+                    if client.raw:
+                        await self._timed(client, self.connections.send_raw(
+                            client.peer, self._frame(snap.seq, text)))
+                    else:
+                        await self._send(client, send, {"type": "websocket.send",
+                                                        "text": text})
             except ConnectionError:
                 return  # hypercorn's reader reports the disconnect to _receiver
             finally:
-                client.send_started = None
+                client.busy = False
+
+    async def _timed(self, client: _Client, sending: Any) -> None:
+        client.send_started = trio.current_time()
+        try:
+            await sending
+        finally:
+            client.send_started = None
 
     def _frame(self, seq: int, text: str) -> bytes:
         if seq != self._frames_seq:
