@@ -90,12 +90,17 @@ async def serve(config_path: str | Path) -> int:
     config = load_config(config_path, plugins)
     server = config.server
     process.enable_subreaper()
-    record = RunRecord(server.data_dir / ".control-center" / "run.json")
     try:
+        record = RunRecord(server.data_dir / ".control-center" / "run.json")
         for line in record.end_leftovers():
             log.warning("ended a leftover of the previous run: %s", line)
     except AlreadyRunning as exc:
         raise StartupError(str(exc)) from None
+    except OSError as exc:
+        # An operator's mistake (a file where the directory should be, no
+        # permission), not a bug: say which key to change, no traceback.
+        raise StartupError(f"{config.path}: server.data_dir: cannot use {server.data_dir}: "
+                           f"{exc.strerror or exc}") from None
     hub = Hub(interval=server.interval, history_seconds=server.history_seconds)
     supervisor = Supervisor(config, plugins, hub, record=record)
     stop = trio.Event()
