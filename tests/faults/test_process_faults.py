@@ -12,6 +12,8 @@ import itertools
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.faults.helpers import Core, alive, by_env, component, wait_for, write_config
+from tests.faults.helpers import (
+    ROOT,
+    Core,
+    alive,
+    by_env,
+    component,
+    wait_for,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -355,3 +365,20 @@ def test_output_flood_keeps_ticks_and_memory_bounded(tmp_path: Path, cores: list
     assert core.comp("quiet")["state"] == "running"
     core.signal(signal.SIGTERM)
     assert core.wait_exit(15) == 0
+
+
+def test_data_dir_that_cannot_exist_is_an_operator_error(tmp_path: Path) -> None:
+    """data_dir under a regular file: exit 2 naming the key, no traceback, nothing started."""
+    (tmp_path / "plain").write_text("not a directory\n")
+    marker = f"fault-{os.getpid()}-{time.monotonic_ns()}"
+    body = component("a", "import time; time.sleep(600)", env={"FAULT_COMP": marker})
+    path = write_config(tmp_path, body)
+    path.write_text(path.read_text().replace('data_dir = "data"', 'data_dir = "plain/data"'))
+    run = subprocess.run([sys.executable, "-m", "core", "--config", str(path)],
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 2, run.stderr
+    assert f"{path}: server.data_dir: cannot use {tmp_path}/plain/data: Not a directory" \
+        in run.stderr
+    assert "Traceback" not in run.stderr
+    assert marker not in by_env(psutil.process_iter(), "FAULT_COMP")
