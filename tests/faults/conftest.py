@@ -15,11 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -200,3 +204,20 @@ def core_servers(tmp_path: Path) -> Iterator[CoreServers]:
         yield servers
     finally:
         servers.close()
+
+
+@asynccontextmanager
+async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """open_websocket_url that also closes its socket when the server closed first.
+
+    trio-websocket 0.12 leaves the TCP socket open (a ResourceWarning, an
+    error under -W error) when the server starts the closing handshake.
+    """
+    async with open_websocket_url(url, **kwargs) as ws:
+        try:
+            yield ws
+        finally:
+            stream = getattr(ws, "_stream", None)
+            if stream is not None and ws.closed is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()

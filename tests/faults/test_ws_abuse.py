@@ -1,0 +1,358 @@
+"""/ws under abuse: broken frames, huge and binary messages, floods, bad handshakes.
+
+Every test talks to a real `python -m core` over loopback, with raw sockets
+where a well-behaved client library would refuse to misbehave. After each
+abuse the server must still serve (`/healthz`, a fresh client gets a
+snapshot), must not leak the client (the `control_center_websocket_clients`
+gauge returns to what it was) and must not log a traceback.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from .conftest import CoreServer, component_table, start_core, ws_client
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+# -- raw RFC 6455 client pieces ----------------------------------------------------
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
+          rsv: int = 0) -> bytes:
+    """One client frame; `mask=False` breaks RFC 6455 5.1 on purpose."""
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    n, bit = len(payload), 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    stream = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+    return head + key + masked
+
+
+def handshake(port: int, *, key: str | None = KEY, version: str | None = "13",
+              extra: str = "", rcvbuf: int | None = None) -> tuple[socket.socket, str, bytes]:
+    """Open /ws by hand: (socket, response head, bytes already read past it)."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    lines = ["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+             "Connection: Upgrade"]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    if version is not None:
+        lines.append(f"Sec-WebSocket-Version: {version}")
+    sock.sendall(("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return sock, head.decode("latin-1"), rest
+
+
+def read_until_closed(sock: socket.socket, buf: bytes = b"",
+                      timeout: float = 5.0) -> tuple[list[tuple[int, bytes]], str]:
+    """Server frames until it closes: (frames, how: "close" | "eof" | "reset")."""
+    frames: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        while len(buf) >= 2:
+            n, off = buf[1] & 0x7F, 2
+            if n == 126:
+                n, off = struct.unpack("!H", buf[2:4])[0], 4
+            elif n == 127:
+                n, off = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < off + n:
+                break
+            frames.append((buf[0] & 0x0F, buf[off:off + n]))
+            buf = buf[off + n:]
+            if frames[-1][0] == 0x8:
+                return frames, "close"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"the server kept the connection open; frames: {frames[-3:]}")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return frames, "reset"
+        if not chunk:
+            return frames, "eof"
+        buf += chunk
+
+
+def close_code_of(frames: list[tuple[int, bytes]]) -> int | None:
+    for opcode, payload in frames:
+        if opcode == 0x8:
+            return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+    return None
+
+
+def gauge(srv: CoreServer, name: str = "control_center_websocket_clients") -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    try:
+        conn.request("GET", "/metrics", headers=srv.auth())
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_gauge(srv: CoreServer, value: float, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := gauge(srv)) != value:
+        assert time.monotonic() < deadline, f"websocket clients stay at {seen}, not {value}"
+        time.sleep(0.05)
+
+
+def assert_serving(srv: CoreServer) -> None:
+    """The server still answers and hands a new client a snapshot."""
+    assert srv.alive(), srv.output()
+    sock, head, rest = handshake(srv.port)
+    try:
+        assert head.startswith("HTTP/1.1 101"), head
+        sock.settimeout(5)
+        while not rest:
+            rest = sock.recv(65536)
+        assert rest[0] == 0x81, rest[:20]  # a final text frame: the latest snapshot
+    finally:
+        sock.close()
+    assert "Traceback" not in srv.output(), srv.output()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreServer]:
+    server = start_core(tmp_path_factory.mktemp("ws-abuse"), component_table("a"),
+                        interval=0.5)
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+# -- invalid frames -------------------------------------------------------------------
+
+BROKEN_FRAMES = {
+    "reserved opcode 0x3": frame(0x3, b"x"),
+    "reserved control opcode 0xB": frame(0xB, b"x"),
+    "unmasked client frame": frame(0x1, b'{"type": "subscribe"}', mask=False),
+    "RSV1 without an extension": frame(0x1, b"{}", rsv=0b100),
+    "RSV2 and RSV3": frame(0x1, b"{}", rsv=0b011),
+    "continuation with nothing to continue": frame(0x0, b"x"),
+    "fragmented ping": frame(0x9, b"p", fin=False),
+    "ping over 125 bytes": frame(0x9, b"p" * 200),
+    "text that is not UTF-8": frame(0x1, b"\xff\xfe\xfd"),
+    "close with a 1-byte payload": frame(0x8, b"\x03"),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_FRAMES))
+def test_invalid_frame_fails_the_connection(srv, name):
+    before = gauge(srv)
+    sock, head, rest = handshake(srv.port)
+    try:
+        assert head.startswith("HTTP/1.1 101"), head
+        wait_gauge(srv, before + 1)
+        sock.sendall(BROKEN_FRAMES[name])
+        frames, how = read_until_closed(sock, rest)
+    finally:
+        sock.close()
+    # RFC 6455 7.1.7: fail the connection, with a close frame saying why.
+    code = close_code_of(frames)
+    assert how == "close" and code in (1002, 1007), (how, code)
+    wait_gauge(srv, before)
+    assert_serving(srv)
+
+
+# -- oversized and binary messages ----------------------------------------------------
+
+
+def test_ten_megabyte_message_closes_1009_without_buffering_it(srv):
+    server = psutil.Process(srv.proc.pid)
+    rss_before = server.memory_info().rss
+    before = gauge(srv)
+
+    async def main() -> int:
+        async with ws_client(srv.ws_url) as ws:
+            await ws.get_message()
+            with trio.fail_after(10):
+                try:
+                    await ws.send_message("x" * (10 * 2**20))
+                    while True:
+                        await ws.get_message()
+                except ConnectionClosed as exc:
+                    return exc.reason.code
+        raise AssertionError("unreachable")
+
+    assert trio.run(main) == 1009
+    # The close handshake completed (the with block returned) and the slot is free.
+    wait_gauge(srv, before)
+    grown = (server.memory_info().rss - rss_before) / 2**20
+    assert grown < 5, f"the server grew {grown:.1f} MB for a refused 10 MB message"
+    assert_serving(srv)
+
+
+def test_endless_message_is_dropped_as_it_arrives(srv):
+    # A frame header announcing 200 MB, then the bytes: the server must not keep them.
+    server = psutil.Process(srv.proc.pid)
+    rss_before = server.memory_info().rss
+    sock, _head, rest = handshake(srv.port)
+    try:
+        size = 200 * 2**20
+        sock.sendall(bytes([0x81, 0xFF]) + struct.pack("!Q", size) + b"\0\0\0\0")
+        chunk = b"x" * 2**20
+        sent = 0
+        try:
+            while sent < size:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may end it early; what matters is its memory
+        grown = (server.memory_info().rss - rss_before) / 2**20
+        frames, how = read_until_closed(sock, rest, timeout=10)
+    finally:
+        sock.close()
+    assert grown < 10, f"the server grew {grown:.1f} MB while a 200 MB message streamed in"
+    assert how in ("close", "eof", "reset")
+    if how == "close":
+        assert close_code_of(frames) == 1009
+    assert_serving(srv)
+
+
+def test_binary_frames_are_read_as_json_like_text(srv):
+    """Policy: a binary frame is a message like a text one (JSON, UTF-8).
+
+    Valid JSON subscribes; anything else gets {"type": "error"} and the
+    connection stays up; the size and rate limits apply the same.
+    """
+    async def main() -> None:
+        async with ws_client(srv.ws_url) as ws:
+            await ws.get_message()
+            await ws.send_message(b'{"type": "subscribe", "components": []}')
+            with trio.fail_after(5):
+                while json.loads(await ws.get_message())["components"]:
+                    pass  # a tick sent before the subscription took effect
+            await ws.send_message(b"\x00\xff binary junk")
+            with trio.fail_after(5):
+                while (reply := json.loads(await ws.get_message())).get("type") != "error":
+                    pass
+            assert "JSON" in reply["error"]
+            doc = json.loads(await ws.get_message())  # still served, still filtered
+            assert doc["components"] == {}
+            await ws.send_message(b"\x00" * (65 * 1024))
+            with trio.fail_after(5):
+                try:
+                    while True:
+                        await ws.get_message()
+                except ConnectionClosed as exc:
+                    assert exc.reason.code == 1009
+
+    trio.run(main)
+    assert_serving(srv)
+
+
+# -- floods ---------------------------------------------------------------------------
+
+
+def test_thousand_messages_a_second_closes_1008_and_spares_the_others(srv):
+    async def main() -> tuple[int, float, list[float]]:
+        async with ws_client(srv.ws_url) as watcher, \
+                ws_client(srv.ws_url) as flooder:
+            await watcher.get_message()
+            await flooder.get_message()
+            arrivals: list[float] = []
+            code = -1
+            t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                async def watch() -> None:
+                    while True:
+                        await watcher.get_message()
+                        arrivals.append(trio.current_time())
+                nursery.start_soon(watch)
+
+                async def drain() -> None:
+                    try:
+                        while True:
+                            await flooder.get_message()
+                    except ConnectionClosed:
+                        pass
+                nursery.start_soon(drain)
+                # 1,000 a second, paced, for at most 3 s.
+                with trio.fail_after(5):
+                    for i in range(3000):
+                        try:
+                            await flooder.send_message('{"type": "subscribe"}')
+                        except ConnectionClosed as exc:
+                            code = exc.reason.code
+                            break
+                        await trio.sleep_until(t0 + (i + 1) / 1000)
+                closed_after = trio.current_time() - t0
+                await trio.sleep(2.0)  # the watcher keeps receiving meanwhile
+                nursery.cancel_scope.cancel()
+            if code == -1:
+                code = flooder.closed.code if flooder.closed else -1
+            return code, closed_after, arrivals
+
+    code, closed_after, arrivals = trio.run(main)
+    assert code == 1008
+    assert closed_after < 1.5, closed_after  # message_rate 50/s with a burst of 50
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert gaps and all(0.3 < g < 0.7 for g in gaps), gaps  # interval 0.5 s kept
+    assert_serving(srv)
+
+
+# -- handshakes -----------------------------------------------------------------------
+
+BAD_HANDSHAKES = {
+    "Sec-WebSocket-Version 8": {"version": "8"},
+    "Sec-WebSocket-Version 14": {"version": "14"},
+    "no Sec-WebSocket-Version": {"version": None},
+    "no Sec-WebSocket-Key": {"key": None},
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_HANDSHAKES))
+def test_bad_handshake_gets_4xx_and_no_upgrade(srv, name):
+    sock, head, rest = handshake(srv.port, **BAD_HANDSHAKES[name])  # type: ignore[arg-type]
+    try:
+        status = int(head.split(" ", 2)[1])
+        assert 400 <= status < 500, head
+        assert "sec-websocket-accept" not in head.lower()
+        # Nothing that looks like a WebSocket frame follows.
+        sock.settimeout(2)
+        while rest or (rest := sock.recv(65536)):
+            assert not (rest[0] & 0x0F == 0x1 and rest[0] & 0x80), rest[:20]
+            rest = b""
+    except (ConnectionResetError, TimeoutError):
+        pass
+    finally:
+        sock.close()
+    assert_serving(srv)
