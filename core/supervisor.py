@@ -456,7 +456,13 @@ class Supervisor:
                 await trio.sleep(delay)
 
     async def _spawn(self, comp: Component) -> ChildProcess:
-        comp.info.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            comp.info.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # A start failure of this component (restart policy applies), not a
+            # crash of the supervisor.
+            raise SpawnError(f"cannot create the data directory {comp.info.data_dir}: "
+                             f"{exc.strerror or exc}") from None
         launch = await self._hook(comp, "start", timeout=comp.cfg.start_timeout)
         if not isinstance(launch, Launch):
             raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned "
