@@ -382,3 +382,22 @@ def test_data_dir_that_cannot_exist_is_an_operator_error(tmp_path: Path) -> None
         in run.stderr
     assert "Traceback" not in run.stderr
     assert marker not in by_env(psutil.process_iter(), "FAULT_COMP")
+
+
+def test_component_data_dir_that_cannot_be_made_fails_only_that_component(
+        tmp_path: Path, cores: list[Core]) -> None:
+    """A file where a component's data directory should be: that component ends in
+    `error` saying so; the supervisor and the other component run on."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a").write_text("in the way\n")
+    body = (component("a", "import time; time.sleep(600)", max_failures=2,
+                      backoff_initial=0.05)
+            + component("b", "import time; time.sleep(600)"))
+    core = start(cores, write_config(tmp_path, body))
+    view = core.wait_state("a", lambda v: v["state"] == "error", 10, "error")
+    assert view["error"] == (f"gave up after 2 quick failures in a row (last: cannot create "
+                             f"the data directory {tmp_path}/data/a: File exists); start it "
+                             "again to retry")
+    assert core.comp("b")["state"] == "running"
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(15) == 0
