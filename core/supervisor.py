@@ -469,8 +469,14 @@ class Supervisor:
                               f"{type(launch).__name__}, expected core.Launch")
         assert self._nursery is not None
         cwd = launch.cwd or str(self.config.config_dir)
-        child = await ChildProcess.spawn(self._nursery, launch.argv, cwd=cwd,
-                                         env=dict(launch.env), log=comp.log)
+        try:
+            child = await ChildProcess.spawn(self._nursery, launch.argv, cwd=cwd,
+                                             env=dict(launch.env), log=comp.log)
+        except (TypeError, ValueError) as exc:
+            # Popen refuses it before any process exists (a non-string env
+            # value, a NUL byte): the plugin's mistake, this component's failure.
+            raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned a Launch that "
+                              f"cannot be run: {exc}") from None
         comp.child = child
         comp.probes = launch.probe and self.plugins.implements(comp.cfg.plugin, "probe")
         if self.record is not None:
