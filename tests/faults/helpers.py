@@ -223,7 +223,8 @@ def plugin_site(tmp_path: Path) -> Path:
 
     Per component options: `raise_in` / `hang_in` name a hook ("validate_config",
     "start", "probe", "stop") that raises / sleeps for an hour; `garbage_probe`
-    makes the probe return a string; `start_delay` slows the start hook down.
+    makes the probe return a string; `start_delay` slows the start hook down;
+    `bad_launch` ("env" or "nul") returns a Launch that no process can be made of.
     """
     site = tmp_path / "site"
     pkg = site / "cc_faulty"
@@ -246,6 +247,7 @@ def plugin_site(tmp_path: Path) -> Path:
                    "hang_in": opts.string("hang_in", None),
                    "garbage_probe": opts.boolean("garbage_probe", False),
                    "start_delay": opts.number("start_delay", 0.0),
+                   "bad_launch": opts.string("bad_launch", None),
                    "tag": opts.string("tag", component_id)}
             opts.finish()
             return out
@@ -255,8 +257,13 @@ def plugin_site(tmp_path: Path) -> Path:
             _misbehave(component.options, "start")
             time.sleep(component.options["start_delay"])
             code = "import time; print('up', flush=True); time.sleep(600)"
-            return Launch(argv=(sys.executable, "-c", code),
-                          env={"FAULT_COMP": component.options["tag"]})
+            env = {"FAULT_COMP": component.options["tag"]}
+            bad = component.options["bad_launch"]
+            if bad == "env":
+                env["NOT_A_STRING"] = 42
+            elif bad == "nul":
+                code += "\\0"
+            return Launch(argv=(sys.executable, "-c", code), env=env)
 
         @hookimpl
         def probe(component, pid):

@@ -246,6 +246,24 @@ FAULTY = {
 INTERVAL = 0.2
 
 
+def test_unrunnable_launch_fails_only_its_component(tmp_path: Path, cores: list[Core]) -> None:
+    """A start hook returning a Launch with a non-string env value or a NUL byte in
+    argv: a start failure of that component with a clear error, not a crash."""
+    site = plugin_site(tmp_path)
+    body = "".join(f'[components.{kind}]\nplugin = "faulty"\nbad_launch = "{kind}"\n'
+                   f'max_failures = 1\n\n' for kind in ("env", "nul"))
+    body += tagged("good")
+    core = start(cores, write_config(tmp_path, body), env=plugin_env(site))
+    for kind in ("env", "nul"):
+        view = core.wait_state(kind, lambda v: v["state"] == "error", 10, "error")
+        assert "plugin 'faulty' start hook returned a Launch that cannot be run" in \
+            view["error"], view
+    assert core.comp("good")["state"] == "running"
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(15) == 0
+    assert core.leftovers() == []
+
+
 @pytest.mark.slow
 def test_misbehaving_plugin_affects_only_its_components(tmp_path: Path,
                                                         cores: list[Core]) -> None:
