@@ -433,3 +433,21 @@ def test_plugin_hanging_in_validate_config_at_start_is_a_config_error(tmp_path: 
     assert (f"{config}: reading the config did not finish within {CONFIG_LOAD_TIMEOUT:g} s"
             in run.stderr)
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="core/plugins.py: an installed plugin that fails to "
+                   "import crashes python -m core with a traceback (exit 1) instead of a "
+                   "message naming the entry point (exit 2)")
+def test_installed_plugin_that_fails_to_import_is_reported_without_traceback(
+        tmp_path: Path) -> None:
+    import subprocess
+
+    site = plugin_site(tmp_path)
+    init = site / "cc_faulty" / "__init__.py"
+    init.write_text(init.read_text() + "\nthis is not python\n")
+    config = write_config(tmp_path, tagged("good"))
+    env = {"PATH": "/usr/bin:/bin", **plugin_env(site)}
+    run = subprocess.run([PY, "-m", "core", "check", str(config)], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2, run.stderr
+    assert "cc_faulty" in run.stderr and "Traceback" not in run.stderr
