@@ -67,6 +67,24 @@ async def test_exit_codes_and_signals() -> None:
 
 
 @pytest.mark.anyio
+async def test_waiting_does_not_block_the_loop() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.01)
+            ticks += 1
+
+    async with trio.open_nursery() as n:
+        child = await spawn(n, py("import time; time.sleep(0.3)"))
+        n.start_soon(ticker)
+        assert await child.wait() == 0
+        n.cancel_scope.cancel()
+    assert ticks >= 10
+
+
+@pytest.mark.anyio
 async def test_several_waiters_get_the_same_code() -> None:
     codes: list[int] = []
     async with trio.open_nursery() as n:
