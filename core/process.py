@@ -384,24 +384,8 @@ class ChildProcess:
     async def _watch(self) -> None:
         await self.wait()
         if not self._stopping:
-            await self._after_exit()
-
-    async def _after_exit(self) -> None:
-        """The leader exited on its own: end what it left behind, as a stop would."""
-        self._stopping = True
-        table, _ = await _fresh_scan()
-        others = [p for p in self._ours(table) if p.pid != self.pid]
-        if self._group_alive() or others:
-            self.log.note(f"pid {self.pid} exited, leaving processes behind: sent SIGTERM, "
-                          f"SIGKILL in {LEFTOVER_GRACE:.1f} s")
-            self.signal_group(signal.SIGTERM)
-            _kill(others, signal.SIGTERM)
-            with trio.move_on_after(LEFTOVER_GRACE):
-                while self._group_alive() or any(_alive(p) for p in others):
-                    await trio.sleep(0.02)
-            await self._end_leftovers()
-        await self._close_output()
-        _live.pop(self.pid, None)
+            # It exited on its own: end what it left behind, as a stop would.
+            await self.stop(signal.SIGTERM, LEFTOVER_GRACE)
 
     async def wait(self) -> int:
         """Wait for the leader to exit (without blocking the loop); returns its code."""
@@ -484,10 +468,11 @@ class ChildProcess:
             _kill(others, sig)
             extra = f" and {len(others)} descendant(s)" if others else ""
             self.log.note(f"sent {name} to process group {self.pgid}{extra}")
-        elif others:
+        elif others or self._group_alive():
+            self.signal_group(sig)
             _kill(others, sig)
-            self.log.note(f"sent {name} to {len(others)} process(es) left by pid {self.pid}: "
-                          f"{_describe(others)}")
+            self.log.note(f"pid {self.pid} exited, leaving processes behind: sent {name}, "
+                          f"SIGKILL in {timeout:.1f} s")
         with trio.move_on_at(deadline):
             await self.wait()
             # The leader is gone; give the rest of the group the same deadline.
