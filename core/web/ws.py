@@ -1,15 +1,19 @@
-"""`/ws`: the snapshot stream, one task pair per client, nothing per tick.
+"""`/ws`: the snapshot stream. One fan-out pass per tick, one task per client.
 
-Each client has a sender task that asks the hub for the first snapshot newer
-than the one it sent and sends the hub's shared JSON text (or the text
-cached for its subscription filter): the tick itself does no per-client
-work, and a slow client skips stale snapshots instead of queueing them.
+Every tick, `Fanout.broadcast` walks the clients once and writes the tick's
+frame (the hub's JSON text, framed once; or the text cached for a
+subscription filter) to each socket that takes it without waiting: a plain
+non-blocking write, no per-client task switch. A client that cannot take it
+at once (partial write, data it has not drained yet, TLS, HTTP/2,
+compression) is handed to its own task, which sends it the latest snapshot
+when it can: a slow client skips stale snapshots and delays nobody, and
+holds one reference at most.
 
 A client whose kernel send queue still holds data it has not taken gets
-nothing new (the latest goes out once it drains); stalled for
-`STUCK_INTERVALS` intervals, it is closed with 1008. A send that blocks
-that long (hypercorn shields its socket writes from cancellation) has its
-socket cut, which ends the send at once.
+nothing new; stalled for `STUCK_INTERVALS` intervals, it is closed with
+1008 (delivered after what was queued). A send that blocks that long
+(hypercorn shields its socket writes from cancellation) has its socket cut,
+which ends the send at once.
 """
 
 from __future__ import annotations
