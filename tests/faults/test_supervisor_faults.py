@@ -451,3 +451,68 @@ def test_installed_plugin_that_fails_to_import_is_reported_without_traceback(
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2, run.stderr
     assert "cc_faulty" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_mixed_control_storm_with_reloads_settles(tmp_path: Path, cores: list[Core]) -> None:
+    """Concurrent start/stop/restart calls mixed with reloads that change a component:
+    never two processes for one component; once the storm ends a final start of each
+    leaves exactly the process the snapshot shows."""
+    body = "".join(tagged(f"m{i}", stop_timeout=2.0) for i in range(4))
+    config = write_config(tmp_path, body, interval=0.1)
+    variants = [config.read_text(), config.read_text().replace(
+        'env = { FAULT_COMP = "m0" }', 'env = { FAULT_COMP = "m0", V = "2" }')]
+    assert variants[0] != variants[1]
+    core = start(cores, config)
+    core.running_pids()
+    doubles: list[dict[str, list[int]]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            me = psutil.Process(core.pid)
+            while not done.is_set():
+                groups = by_env(me.children(), "FAULT_COMP")
+                if any(len(p) > 1 for p in groups.values()):
+                    doubles.append(groups)
+                time.sleep(0.002)
+
+    changed: list[str] = []
+
+    def control(n: int) -> list[int]:
+        rng = random.Random(n)
+        codes = []
+        with httpx.Client(base_url=core.url, timeout=20) as client:
+            for i in range(12):
+                if n == 0:
+                    config.write_text(variants[(i + 1) % 2])
+                    resp = client.post("/api/reload")
+                    codes.append(resp.status_code)
+                    changed.extend(resp.json().get("changed", []))
+                else:
+                    action = rng.choice(["start", "stop", "restart"])
+                    codes.append(client.post(
+                        f"/api/components/m{rng.randrange(4)}/{action}").status_code)
+        return codes
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            codes = [c for batch in pool.map(control, range(6)) for c in batch]
+    finally:
+        done.set()
+        watcher.join(5)
+    assert set(codes) == {200}, codes
+    assert doubles == []
+    assert changed == ["m0"] * 12
+    assert sum(len(v) for v in started_pids(core).values()) > 10  # it was a storm
+    for i in range(4):
+        core.post(f"/api/components/m{i}/start")
+    pids = core.running_pids()
+    time.sleep(0.3)
+    assert core.running_pids() == pids
+    groups = by_env(psutil.Process(core.pid).children(), "FAULT_COMP")
+    assert groups == {cid: [pid] for cid, pid in pids.items()}
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(15) == 0
+    assert core.leftovers() == []
