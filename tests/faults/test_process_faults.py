@@ -401,3 +401,30 @@ def test_component_data_dir_that_cannot_be_made_fails_only_that_component(
     assert core.comp("b")["state"] == "running"
     core.signal(signal.SIGTERM)
     assert core.wait_exit(15) == 0
+
+
+@pytest.mark.slow
+def test_log_file_recovers_when_the_disk_frees(tmp_path: Path, cores: list[Core]) -> None:
+    """Once the log file is writable again the error clears and logging resumes, with
+    no restart of the component (the file is retried every few seconds)."""
+    from core.logs import RETRY_SECONDS
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").symlink_to("/dev/full")
+    chatty = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.05)"
+    core = start(cores, write_config(tmp_path, component("a", chatty)))
+    pid = core.running_pids()["a"]
+    core.wait_state("a", lambda v: bool(v["error"]), 5, "the log error")
+    freed = tmp_path / "freed.log"
+    freed.touch()
+    tmp = logs / "a.log.tmp"
+    tmp.symlink_to(freed)
+    os.replace(tmp, logs / "a.log")  # the disk "frees": the same path now writable
+    view = core.wait_state("a", lambda v: v["error"] is None, RETRY_SECONDS + 3, "recovery")
+    assert view["pid"] == pid and view["restarts"] == 0
+    text = freed.read_text()
+    assert "log file writable again" in text
+    wait_for(lambda: "tick" in freed.read_text(), 3, "output in the file again")
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(15) == 0
