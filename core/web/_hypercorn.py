@@ -296,12 +296,14 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
+        # strerror is the reason alone (callers prefix where); the address is
+        # the OSError's filename, so str(exc) names it too.
         if exc.errno == errno.EADDRINUSE:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: the port is already "
-                                     "in use; change [server] port in config.toml or stop "
-                                     "the other program") from None
-        raise OSError(exc.errno, f"cannot listen on {host}:{port} ([server] host and port): "
-                                 f"{exc.strerror}") from None
+            raise OSError(exc.errno, "address already in use (change [server] port in "
+                                     "config.toml, or stop the program holding it)",
+                          f"{host}:{port}") from None
+        raise OSError(exc.errno, f"{exc.strerror} (check [server] host and port)",
+                      f"{host}:{port}") from None
     sock.setblocking(False)
     return sock
 
