@@ -516,3 +516,35 @@ def test_mixed_control_storm_with_reloads_settles(tmp_path: Path, cores: list[Co
     core.signal(signal.SIGTERM)
     assert core.wait_exit(15) == 0
     assert core.leftovers() == []
+
+
+def test_frozen_supervisor_catches_up_after_sigcont(tmp_path: Path, cores: list[Core]) -> None:
+    """SIGSTOP of the supervisor for several intervals while children are killed: after
+    SIGCONT they are restarted once each, ticks resume at their cadence (no burst)."""
+    body = "".join(tagged(f"f{i}", stable_after=0.0) for i in range(3))
+    core = start(cores, write_config(tmp_path, body, interval=INTERVAL))
+    pids = core.running_pids()
+    core.signal(signal.SIGSTOP)
+    try:
+        for pid in pids.values():
+            psutil.Process(pid).kill()
+        time.sleep(5 * INTERVAL)
+    finally:
+        core.signal(signal.SIGCONT)
+    new = wait_for(lambda: (p := core.running_pids()) and not set(p.values()) & set(
+        pids.values()) and p, 10, "the restarts")
+    views = core.get("/api/components")["components"]
+    assert [v["restarts"] for v in views] == [1, 1, 1]
+    assert by_env(psutil.Process(core.pid).children(), "FAULT_COMP") == {
+        cid: [pid] for cid, pid in new.items()}
+    time.sleep(3 * INTERVAL)
+    history = core.get("/api/history?seconds=10")["points"]
+    stamps = [datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+              for p in history]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    frozen = gaps.index(max(gaps))
+    assert gaps[frozen] > 4 * INTERVAL
+    after = gaps[frozen + 1:]
+    assert len(after) >= 3 and min(after) > INTERVAL / 2, gaps  # no burst to catch up
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(15) == 0
