@@ -26,7 +26,8 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"success": False, "error": message}, status_code=status)
 
 
-def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+def _int_param(request: Request, name: str, default: int | None, lo: int,
+               hi: float = float("inf")) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -35,7 +36,8 @@ def _int_param(request: Request, name: str, default: int | None, lo: int, hi: in
     except ValueError:
         raise HTTPException(400, f"{name}: expected an integer, got {raw!r}") from None
     if not lo <= value <= hi:
-        raise HTTPException(400, f"{name}: expected an integer from {lo} to {hi}, got {value}")
+        expected = f"from {lo} to {hi}" if hi != float("inf") else f">= {lo}"
+        raise HTTPException(400, f"{name}: expected an integer {expected}, got {value}")
     return value
 
 
@@ -99,7 +101,7 @@ class Handlers:
     async def logs(self, request: Request) -> Response:
         cid = request.path_params["cid"]
         lines = _int_param(request, "lines", LOG_LINES_DEFAULT, 0, LOG_LINES_MAX)
-        after = _int_param(request, "after", None, 0, 2**63 - 1)
+        after = _int_param(request, "after", None, 0)
         try:
             tail = self.sup.log(cid)
         except UnknownComponent:
