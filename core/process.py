@@ -394,7 +394,7 @@ class ChildProcess:
                 if self._pidfd is None:
                     break
                 with contextlib.suppress(trio.ClosedResourceError):
-                    # Closed under us means kill_now() reaped it meanwhile.
+                    # Closed under us means kill_now() finished it meanwhile.
                     await trio.lowlevel.wait_readable(self._pidfd)
                 self._try_reap()
         with trio.move_on_after(EXIT_DRAIN):
@@ -403,31 +403,43 @@ class ChildProcess:
         return self.returncode
 
     def _try_reap(self) -> bool:
+        """Read the exit status if the leader has exited, leaving it a zombie.
+
+        The zombie keeps its pid, and so the process group's id, from being
+        handed to another process while stop() may still signal the group;
+        _release() reaps it once we are done with the group.
+        """
         if self.returncode is not None:
             return True
         try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             # Someone else reaped it; the status is lost.
-            pid, status = self.pid, 255 << 8
-        if pid == 0:
-            return False
-        self.returncode = os.waitstatus_to_exitcode(status)
+            self.returncode = 255
+        else:
+            if info is None or info.si_pid == 0:
+                return False
+            exited = info.si_code == os.CLD_EXITED
+            self.returncode = info.si_status if exited else -info.si_status
         self._popen.returncode = self.returncode  # keeps Popen.__del__ quiet
+        self._exited.set()
+        if self._on_exit_reaped is not None:
+            self._on_exit_reaped(self)
+        return True
+
+    def _release(self) -> None:
+        """Reap the exited leader and forget it: its group is no longer ours to signal."""
+        if self.returncode is None:
+            return
+        with _registry_lock:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+            _live.pop(self.pid, None)
         fd, self._pidfd = self._pidfd, None
         if fd is not None:
             with contextlib.suppress(RuntimeError):  # RuntimeError: not in trio (at exit)
                 trio.lowlevel.notify_closing(fd)
             os.close(fd)
-        self._exited.set()
-        try:
-            os.killpg(self.pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            # Nothing of it is left: no need to remember it for kill_all_now().
-            _live.pop(self.pid, None)
-        if self._on_exit_reaped is not None:
-            self._on_exit_reaped(self)
-        return True
 
     # -- signals --------------------------------------------------------------
 
@@ -457,6 +469,16 @@ class ChildProcess:
         Works on a child that already exited too: it then ends what the child
         left behind. Returns the leader's returncode. Never hangs.
         """
+        try:
+            return await self._stop(sig, timeout)
+        except BaseException:
+            if self.returncode is not None:
+                # Cancelled once the leader was gone: what it left gets SIGKILL
+                # now rather than never, and its zombie is reaped.
+                self._kill_now(_scan()[0])
+            raise
+
+    async def _stop(self, sig: int, timeout: float) -> int:
         deadline = trio.current_time() + timeout
         name = _signame(sig)
         self._stopping = True
@@ -489,7 +511,7 @@ class ChildProcess:
                 return -signal.SIGKILL
         await self._end_leftovers()
         await self._close_output()
-        _live.pop(self.pid, None)
+        self._release()
         table, zombies = await _fresh_scan()
         with _registry_lock:
             _reap_orphans(table, zombies)
@@ -547,5 +569,5 @@ class ChildProcess:
             poller.register(self._pidfd, select.POLLIN)
             if poller.poll(1000):
                 self._try_reap()
-        _live.pop(self.pid, None)
+        self._release()
 

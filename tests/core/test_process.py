@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import trio
 
@@ -280,6 +281,24 @@ async def test_an_exited_childs_orphan_is_found_by_its_marker(subreaper: None) -
                 await trio.sleep(0.02)
     assert any("leaving processes behind" in t for t in notes(log))
     assert child.pid not in process._live
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_cleanup_still_kills_and_reaps() -> None:
+    # The child exits; its group member ignores SIGTERM, so the cleanup waits for
+    # the grace period; cancelling it there must not leave the member or a zombie.
+    log = LogTail(None)
+    async with trio.open_nursery() as n:
+        child = await spawn(n, grandchild(session=False, after="sys.exit(0)"), log)
+        gc = int((await wait_text(log, "gc ")).split()[1])
+        await wait_text(log, "gc-ready")
+        assert await child.wait() == 0
+        await trio.sleep(0.2)
+        assert alive(gc)
+        n.cancel_scope.cancel()
+    assert wait_gone([gc], 2.0) == []
+    assert child.pid not in process._live
+    assert not psutil.pid_exists(child.pid)  # reaped, not left a zombie
 
 
 @pytest.mark.anyio
