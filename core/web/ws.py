@@ -198,7 +198,12 @@ class Fanout:
                 if client.seq >= seq:
                     continue
                 if client.raw and not client.busy:
-                    text = self.hub.filtered_text(snap, client.components, client.metrics)
+                    try:
+                        text = self.hub.filtered_text(snap, client.components, client.metrics)
+                    except Exception:  # one client's trouble must not stop the fan-out
+                        log.exception("websocket client %s: internal error", client.peer)
+                        client.stop(INTERNAL, "internal error")
+                        continue
                     sent = self.connections.try_send(client.peer, self._frame(seq, text))
                     if sent is True:
                         client.seq = seq

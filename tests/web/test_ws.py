@@ -201,14 +201,20 @@ async def test_max_clients_closes_1013(tmp_path):
             await ws1.get_message()  # the others are unaffected
 
 
-async def test_internal_error_closes_1011(tmp_path):
+async def test_internal_error_closes_1011_and_only_that_client(tmp_path):
     # A malformed document (components not a table) breaks filtering.
     async with web_server(tmp_path, tick=False) as srv:
-        async with ws_client(srv.ws_url) as ws:
+        srv.hub.publish({"components": {"a": {}}, "metrics": {}})
+        async with ws_client(srv.ws_url) as filtered, ws_client(srv.ws_url) as plain:
+            await filtered.get_message()
+            await plain.get_message()
+            await filtered.send_message('{"type": "subscribe", "components": ["a"]}')
+            assert json.loads(await filtered.get_message())["components"] == {"a": {}}
             srv.hub.publish({"components": ["not", "a", "table"], "metrics": {}})
-            await ws.get_message()
-            await ws.send_message('{"type": "subscribe", "components": ["a"]}')
-            assert await close_code(ws) == 1011
+            assert await close_code(filtered) == 1011
+            assert json.loads(await plain.get_message())["components"] == ["not", "a", "table"]
+            srv.hub.publish({"components": {}, "metrics": {}})
+            assert json.loads(await plain.get_message())["components"] == {}
 
 
 async def test_token_required_for_the_handshake(tmp_path):
