@@ -8,6 +8,8 @@ never competes with another's.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +20,8 @@ from core.errors import OptionError, PluginError
 
 ENTRY_POINT_GROUP = "control_center"
 BUILTINS = ("process", "storage", "api")
+
+log = logging.getLogger("control_center")
 
 
 class PluginManager:
@@ -31,16 +35,34 @@ class PluginManager:
             self._pm.register(importlib.import_module(f"plugins.{name}"), name=name)
         for name, plugin in (extra or {}).items():
             self._pm.register(plugin, name=name)
+        #: Installed plugins that failed to load: name -> why. Only a component
+        #: that uses one is affected (its config is rejected with the reason).
+        self.broken: dict[str, str] = {}
         if load_entry_points:
-            # pluggy skips entry points whose name is already registered, so a
-            # third-party package cannot shadow a built-in by accident.
-            self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            self._load_entry_points()
         self._pm.check_pending()
         self._callers: dict[tuple[str, str], Any] = {}
 
+    def _load_entry_points(self) -> None:
+        # Like pluggy's load_setuptools_entrypoints, but a package that fails
+        # to import (or registers badly) is recorded instead of stopping the
+        # supervisor and every component with it.
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if self._pm.get_plugin(ep.name) is not None or self._pm.is_blocked(ep.name):
+                continue  # a built-in or an earlier entry point of that name wins
+            try:
+                self._pm.register(ep.load(), name=ep.name)
+            except Exception as exc:
+                why = (f"entry point {ep.name} = {ep.value} failed to load: "
+                       f"{type(exc).__name__}: {exc}")
+                self.broken[ep.name] = why
+                log.warning("plugin %r not loaded: %s", ep.name, why)
+
     @property
     def names(self) -> set[str]:
-        return {name for name, _ in self._pm.list_name_plugin() if name is not None}
+        """Every installed plugin name, the broken ones included."""
+        loaded = {name for name, _ in self._pm.list_name_plugin() if name is not None}
+        return loaded | set(self.broken)
 
     def caller(self, plugin: str, hook: str) -> Any:
         """The hook `hook` restricted to the plugin named `plugin`."""
@@ -65,7 +87,10 @@ class PluginManager:
 
     def validate(self, component_id: str, plugin: str,
                  options: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Run the plugin's validate_config; wraps plugin bugs as OptionError-free errors."""
+        """Run the plugin's validate_config; a plugin bug becomes an OptionError."""
+        if plugin in self.broken:
+            raise OptionError("plugin", f"plugin {plugin!r} is installed but "
+                                        f"{self.broken[plugin]}")
         try:
             result = self.call(plugin, "validate_config", component_id=component_id,
                                options=dict(options))
