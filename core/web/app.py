@@ -56,7 +56,13 @@ class Guard:
         request = Request(scope)
         path, method = scope["path"], scope["method"]
         refusal: Response | None = None
-        if method == "POST" and not origin_ok(
+        if "transfer-encoding" in request.headers and "content-length" in request.headers:
+            # RFC 9112 6.3: a proxy in front may frame the body by the other
+            # header (request smuggling). Refuse and close the connection;
+            # h11 alone would answer and go on reading it.
+            refusal = error(400, "both Content-Length and Transfer-Encoding: send one")
+            refusal.headers["Connection"] = "close"
+        elif method == "POST" and not origin_ok(
                 request.headers.get("origin"), scheme=scope.get("scheme", "http"),
                 host=request.headers.get("host"), allowed=self.server.allowed_origins):
             refusal = error(403, "cross-origin request refused (see [server] allowed_origins)")
