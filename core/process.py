@@ -382,10 +382,16 @@ class ChildProcess:
     # -- exit -----------------------------------------------------------------
 
     async def _watch(self) -> None:
-        await self.wait()
-        if not self._stopping:
-            # It exited on its own: end what it left behind, as a stop would.
-            await self.stop(signal.SIGTERM, LEFTOVER_GRACE)
+        try:
+            await self.wait()
+            if not self._stopping:
+                # It exited on its own: end what it left behind, as a stop would.
+                await self.stop(signal.SIGTERM, LEFTOVER_GRACE)
+        except BaseException:
+            if self.returncode is not None and self.pid in _live:
+                # Cancelled after the exit: no leftover, no zombie stays behind.
+                self._kill_now(_scan()[0])
+            raise
 
     async def wait(self) -> int:
         """Wait for the leader to exit (without blocking the loop); returns its code."""

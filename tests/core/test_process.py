@@ -113,6 +113,7 @@ async def test_env_cwd_and_the_marker(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_spawn_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    before = dict(process._live)
     not_exec = tmp_path / "script.sh"
     not_exec.write_text("#!/bin/sh\necho hi\n")
     async with trio.open_nursery() as n:
@@ -124,7 +125,7 @@ async def test_spawn_errors_say_what_is_wrong(tmp_path: Path) -> None:
             await spawn(n, py("pass"), cwd=str(tmp_path / "nowhere"))
         with pytest.raises(SpawnError, match="empty command"):
             await spawn(n, [])
-    assert not process._live
+    assert process._live == before
 
 
 @pytest.mark.anyio
