@@ -6,7 +6,10 @@ drained line by line into a LogTail) and waited for with a pidfd, so the
 event loop never blocks. Stopping it is polite first (the configured signal to
 the whole process group and to every descendant seen just before), then
 SIGKILL for whatever still lives, including grandchildren that left the group
-with setsid().
+with setsid(). When the leader exits on its own, what it left behind is ended
+the same way (SIGTERM, LEFTOVER_GRACE, SIGKILL). The exited leader is reaped
+only once that is done: until then its zombie keeps the process group's id
+from being handed to an unrelated process that a late killpg() would hit.
 
 Every child carries CHILD_ENV=<RUN_ID>/<n> in its environment. Descendants
 inherit it, so a process that escaped its group and lost its parent can still
@@ -316,7 +319,11 @@ class ChildProcess:
                     env: Mapping[str, str] | None, log: LogTail,
                     on_exit_reaped: Callable[[ChildProcess], None] | None = None
                     ) -> ChildProcess:
-        """Start `argv`; must be called from trio's main thread (see _preexec)."""
+        """Start `argv`; must be called from trio's main thread (see _preexec).
+
+        `on_exit_reaped(child)` is called once, as soon as the exit status is
+        known (returncode set); it must not raise.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         argv = list(argv)
         if not argv:
