@@ -511,8 +511,12 @@ class ChildProcess:
         with trio.move_on_at(deadline):
             await self.wait()
             # The leader is gone; give the rest of the group the same deadline.
+            # Polled (no pidfd for processes that are not our children), less
+            # often as it drags on: 200 stubborn stops must not saturate the loop.
+            delay = 0.01
             while self._group_alive() or any(_alive(p) for p in others):
-                await trio.sleep(0.02)
+                await trio.sleep(delay)
+                delay = min(delay * 1.5, 0.2)
         if self.returncode is None:
             self.log.note(f"still running after {timeout:.1f} s: sent SIGKILL to process "
                           f"group {self.pgid}")
