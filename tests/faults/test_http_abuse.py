@@ -282,12 +282,14 @@ def test_content_length_with_transfer_encoding_is_refused_and_closed(srv):
     # RFC 9112 6.3: both headers may be an attempt at request smuggling (a
     # proxy in front reads one, we the other); refuse, and read nothing more
     # from that connection.
-    smuggled = b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n"
-    data = (b"POST /api/components/nope/restart HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+    head = (b"POST /api/components/nope/restart HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     started = time.monotonic()
-    response = exchange(srv, data, timeout=3.0)
-    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", response)]
-    assert statuses == [400], response
+    response = exchange(srv, head, timeout=3.0)
     assert time.monotonic() - started < 2, "the connection stayed open"
+    assert [int(c) for c in re.findall(rb"HTTP/1\.1 (\d{3}) ", response)] == [400], response
     assert json.loads(response.partition(b"\r\n\r\n")[2])["success"] is False
+    # With a request smuggled behind it: never answered. (The 400 itself may
+    # be lost to the reset a close with unread input causes.)
+    response = exchange(srv, head + b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3.0)
+    assert [int(c) for c in re.findall(rb"HTTP/1\.1 (\d{3}) ", response)] in ([400], []), response
