@@ -330,6 +330,33 @@ def test_thousand_messages_a_second_closes_1008_and_spares_the_others(srv):
     assert_serving(srv)
 
 
+def test_ping_flood_that_never_reads_its_pongs_is_cut_off(srv):
+    # Control frames bypass the message rate limit; the pongs pile up
+    # unread until the server's sends block, and a blocked client is dropped.
+    before = gauge(srv)
+    sock, head, _ = handshake(srv.port, rcvbuf=4096)
+    assert head.startswith("HTTP/1.1 101"), head
+    sock.setblocking(False)
+    burst = frame(0x9, b"ping") * 100
+    started, how = time.monotonic(), "still open"
+    try:
+        while time.monotonic() - started < 10:
+            try:
+                sock.send(burst)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except (BrokenPipeError, ConnectionResetError):
+                how = "cut"
+                break
+    finally:
+        sock.close()
+    assert how == "cut", "a client flooding pings was never disconnected"
+    # STUCK_INTERVALS (3) x interval (0.5 s), plus the watchdog's period.
+    assert time.monotonic() - started < 5
+    wait_gauge(srv, before)
+    assert_serving(srv)
+
+
 # -- handshakes -----------------------------------------------------------------------
 
 BAD_HANDSHAKES = {
