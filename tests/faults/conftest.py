@@ -8,10 +8,13 @@ competes with the server for CPU the way it would in production.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import resource
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -162,8 +165,6 @@ def start_core(tmp_path: Path, components: str = "", *, interval: float = 0.5,
 
 
 def _wait_healthy(srv: CoreServer, deadline: float) -> None:
-    import http.client
-
     while time.monotonic() < deadline:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2)
         try:
@@ -221,3 +222,110 @@ async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnectio
             if stream is not None and ws.closed is not None:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+
+
+# -- raw RFC 6455 client pieces (for abuse a client library would refuse) ------------
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
+          rsv: int = 0) -> bytes:
+    """One client frame; `mask=False` breaks RFC 6455 5.1 on purpose."""
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    n, bit = len(payload), 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    stream = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+    return head + key + masked
+
+
+def handshake(port: int, *, key: str | None = KEY, version: str | None = "13",
+              extra: str = "", rcvbuf: int | None = None) -> tuple[socket.socket, str, bytes]:
+    """Open /ws by hand: (socket, response head, bytes already read past it)."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    lines = ["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+             "Connection: Upgrade"]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    if version is not None:
+        lines.append(f"Sec-WebSocket-Version: {version}")
+    sock.sendall(("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return sock, head.decode("latin-1"), rest
+
+
+def read_until_closed(sock: socket.socket, buf: bytes = b"",
+                      timeout: float = 5.0) -> tuple[list[tuple[int, bytes]], str]:
+    """Server frames until it closes: (frames, how: "close" | "eof" | "reset")."""
+    frames: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        while len(buf) >= 2:
+            n, off = buf[1] & 0x7F, 2
+            if n == 126:
+                n, off = struct.unpack("!H", buf[2:4])[0], 4
+            elif n == 127:
+                n, off = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < off + n:
+                break
+            frames.append((buf[0] & 0x0F, buf[off:off + n]))
+            buf = buf[off + n:]
+            if frames[-1][0] == 0x8:
+                return frames, "close"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"the server kept the connection open; frames: {frames[-3:]}")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return frames, "reset"
+        if not chunk:
+            return frames, "eof"
+        buf += chunk
+
+
+def close_code_of(frames: list[tuple[int, bytes]]) -> int | None:
+    for opcode, payload in frames:
+        if opcode == 0x8:
+            return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+    return None
+
+
+def gauge(srv: CoreServer, name: str = "control_center_websocket_clients") -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    try:
+        conn.request("GET", "/metrics", headers=srv.auth())
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_gauge(srv: CoreServer, value: float, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := gauge(srv)) != value:
+        assert time.monotonic() < deadline, f"websocket clients stay at {seen}, not {value}"
+        time.sleep(0.05)
