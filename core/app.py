@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from core.config import Config, ConfigError, load
+from core.config import Config, ConfigError
 from core.errors import OptionError
 from core.plugins import PluginManager
 
@@ -29,13 +29,13 @@ class StartupError(Exception):
 
 def load_config(path: str | Path, plugins: PluginManager) -> Config:
     """Read and validate `path`; a ConfigError also when a plugin's validate_config hangs."""
-    from core.supervisor import CONFIG_LOAD_TIMEOUT
+    from core.supervisor import CONFIG_LOAD_TIMEOUT, load_guarded
 
     found: list[Config | BaseException] = []
 
     def work() -> None:
         try:
-            found.append(load(path, plugins=plugins.names, validate=plugins.validate))
+            found.append(load_guarded(path, plugins))
         except BaseException as exc:
             found.append(exc)
 

@@ -186,8 +186,7 @@ class Supervisor:
         """Re-read the config file; start new, stop removed, restart changed."""
         async with self._reload_lock:
             path = self.config.path
-            load = functools.partial(config_mod.load, path, plugins=self.plugins.names,
-                                     validate=self.plugins.validate)
+            load = functools.partial(load_guarded, path, self.plugins)
             # In a worker thread, bounded: plugins' validate_config hooks run here,
             # and one that hangs must not freeze the ticks, REST and signals.
             new: Config | None = None
@@ -359,7 +358,8 @@ class Supervisor:
             return
         was = comp.health
         comp.health = "healthy" if result.healthy else "unhealthy"
-        comp.probe_error = None if result.healthy else (result.error or "probe reported unhealthy")
+        comp.probe_error = None if result.healthy else (
+            str(result.error) if result.error else "probe reported unhealthy")
         try:
             comp.metrics = {k: v for k, v in dict(result.metrics).items()
                             if isinstance(v, int | float) and not isinstance(v, bool)
@@ -592,7 +592,8 @@ class Supervisor:
             try:
                 return await trio.to_thread.run_sync(
                     run, abandon_on_cancel=True, limiter=limiter or comp.hook_limiter)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                # SystemExit too: a plugin's sys.exit() is its failure, not ours.
                 raise PluginError(f"plugin {plugin!r} {hook} hook failed: "
                                   f"{_describe_exc(exc)}") from exc
         assert scope.cancelled_caught
@@ -713,6 +714,15 @@ class Supervisor:
             "next_restart_in": next_in,
             "depends_on": list(comp.cfg.depends_on),
         }
+
+
+def load_guarded(path: str | Path, plugins: PluginManager) -> Config:
+    """config.load, with a plugin's sys.exit() in validate_config as a ConfigError."""
+    try:
+        return config_mod.load(path, plugins=plugins.names, validate=plugins.validate)
+    except SystemExit as exc:
+        raise ConfigError(str(path), None, f"a plugin's validate_config hook called "
+                                           f"sys.exit({exc.code!r})") from None
 
 
 def _exit_text(code: int | None) -> str:
