@@ -221,8 +221,9 @@ class Core:
 def plugin_site(tmp_path: Path) -> Path:
     """A third-party plugin `faulty`, installed as pip would (package + dist-info entry point).
 
-    Per component options: `raise_in` / `hang_in` name a hook ("validate_config",
-    "start", "probe", "stop") that raises / sleeps for an hour; `garbage_probe`
+    Per component options: `raise_in` / `hang_in` / `exit_in` name a hook
+    ("validate_config", "start", "probe", "stop") that raises / sleeps for an
+    hour / calls sys.exit(); `odd_probe` returns a Probe with odd fields; `garbage_probe`
     makes the probe return a string; `start_delay` slows the start hook down;
     `bad_launch` ("env" or "nul") returns a Launch that no process can be made of.
     """
@@ -236,6 +237,8 @@ def plugin_site(tmp_path: Path) -> Path:
         def _misbehave(options, hook):
             if options.get("raise_in") == hook:
                 raise RuntimeError(f"boom in {hook}")
+            if options.get("exit_in") == hook:
+                sys.exit(f"exit in {hook}")
             if options.get("hang_in") == hook:
                 time.sleep(3600)
 
@@ -244,6 +247,8 @@ def plugin_site(tmp_path: Path) -> Path:
             _misbehave(options, "validate_config")
             opts = OptionReader(options)
             out = {"raise_in": opts.string("raise_in", None),
+                   "exit_in": opts.string("exit_in", None),
+                   "odd_probe": opts.string("odd_probe", None),
                    "hang_in": opts.string("hang_in", None),
                    "garbage_probe": opts.boolean("garbage_probe", False),
                    "start_delay": opts.number("start_delay", 0.0),
@@ -270,6 +275,16 @@ def plugin_site(tmp_path: Path) -> Path:
             _misbehave(component.options, "probe")
             if component.options["garbage_probe"]:
                 return "garbage"
+            odd = component.options["odd_probe"]
+            if odd == "error_not_str":
+                return Probe(healthy=False, error=123)
+            if odd == "metrics_not_numbers":
+                return Probe(metrics={"total_concepts": "many", "total_associations": True,
+                                      "avg_latency_ms": float("nan"),
+                                      "queries_per_second": float("inf"),
+                                      "storage_size_mb": 2.5})
+            if odd == "metrics_not_mapping":
+                return Probe(metrics=None)
             return Probe(healthy=True)
 
         @hookimpl

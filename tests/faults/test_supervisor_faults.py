@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import random
 import re
 import signal
@@ -333,6 +334,46 @@ def test_misbehaving_plugin_affects_only_its_components(tmp_path: Path,
     assert core.leftovers() == []
 
 
+def test_plugin_calling_sys_exit_or_returning_odd_probes(tmp_path: Path,
+                                                        cores: list[Core]) -> None:
+    """sys.exit() in a hook is that plugin's failure, not the supervisor's exit; odd
+    Probe fields (non-string error, non-numeric metrics) are shown safely."""
+    site = plugin_site(tmp_path)
+    keys = {"exit_start": 'exit_in = "start"\nmax_failures = 1\n',
+            "exit_probe": 'exit_in = "probe"\n',
+            "exit_stop": 'exit_in = "stop"\nstop_timeout = 1.0\n',
+            "odd_error": 'odd_probe = "error_not_str"\n',
+            "odd_metrics": 'odd_probe = "metrics_not_numbers"\n',
+            "odd_nomap": 'odd_probe = "metrics_not_mapping"\n'}
+    body = "".join(f'[components.{cid}]\nplugin = "faulty"\n{k}\n' for cid, k in keys.items())
+    body += tagged("good")
+    core = start(cores, write_config(tmp_path, body, interval=INTERVAL), env=plugin_env(site))
+    view = core.wait_state("exit_start", lambda v: v["state"] == "error", 10, "error")
+    assert "start hook failed: SystemExit: exit in start" in view["error"], view
+    view = core.wait_state("exit_probe", lambda v: v["health"] == "unhealthy", 10, "unhealthy")
+    assert "probe hook failed: SystemExit: exit in probe" in view["error"], view
+    view = core.wait_state("odd_error", lambda v: v["health"] == "unhealthy", 10, "unhealthy")
+    assert view["error"] == "123"
+    view = core.wait_state("odd_nomap", lambda v: v["error"] is not None, 10, "error")
+    assert view["error"] == "probe returned metrics that are not a mapping of numbers"
+    metrics = wait_for(lambda: (m := core.status()["metrics"])["storage_size_mb"] and m, 10,
+                       "odd_metrics' storage figure")
+    assert metrics["storage_size_mb"] == 2.5
+    assert isinstance(metrics["total_concepts"], int | float)
+    assert not isinstance(metrics["total_associations"], bool)
+    for name in ("avg_latency_ms", "queries_per_second"):
+        assert metrics[name] is None or math.isfinite(metrics[name]), metrics
+    pid = core.comp("exit_stop")["pid"]
+    core.post("/api/components/exit_stop/stop")
+    core.wait_state("exit_stop", lambda v: v["state"] == "stopped", 5, "stopped")
+    assert not alive(pid)
+    assert any("SystemExit: exit in stop" in n for n in core.notes("exit_stop"))
+    assert core.comp("good")["state"] == "running"
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(10) == 0
+    assert core.leftovers() == []
+
+
 def test_plugin_raising_in_validate_config_is_a_config_error(tmp_path: Path) -> None:
     """The config names the component and the plugin's failure; exit 2, no traceback."""
     import subprocess
@@ -347,6 +388,35 @@ def test_plugin_raising_in_validate_config_is_a_config_error(tmp_path: Path) -> 
     assert "components.bad.plugin: plugin 'faulty' failed to validate its options: " \
            "RuntimeError: boom in validate_config" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_plugin_calling_sys_exit_in_validate_config(tmp_path: Path,
+                                                    cores: list[Core]) -> None:
+    """At start-up: exit 2 with a message naming the hook, no traceback. On reload:
+    rejected (400), the supervisor runs on."""
+    import subprocess
+
+    site = plugin_site(tmp_path)
+    config = write_config(tmp_path, tagged("good"))
+    good = config.read_text()
+    config.write_text(good + '[components.bad]\nplugin = "faulty"\nexit_in = "validate_config"\n')
+    env = {"PATH": "/usr/bin:/bin", **plugin_env(site)}
+    run = subprocess.run([PY, "-m", "core", "--config", str(config)], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2, run.stderr
+    assert "validate_config hook called sys.exit('exit in validate_config')" in run.stderr
+    assert "Traceback" not in run.stderr
+    broken = config.read_text()
+    config.write_text(good)
+    core = start(cores, config, env=plugin_env(site))
+    pids = core.running_pids()
+    config.write_text(broken)
+    assert core.client is not None
+    resp = core.client.post("/api/reload")
+    assert resp.status_code == 400 and "sys.exit" in resp.json()["error"], resp.text
+    assert core.running_pids() == pids
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(10) == 0
 
 
 # -- SIGHUP with a broken config --------------------------------------------------------
