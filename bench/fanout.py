@@ -197,6 +197,21 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict[str, Any]], kinds: list[str]) -> str:
+    """Median lag p99 per server and N over the repeats, and ours / bare."""
+    lines = ["| N | " + " | ".join(f"{k} lag p99 ms (median)" for k in kinds)
+             + (" | ours / bare |" if kinds == ["ours", "bare"] else " |"),
+             "|" + "---|" * (len(kinds) + 1 + (kinds == ["ours", "bare"]))]
+    for n in sorted({r["n"] for r in results}):
+        medians = [statistics.median(r["lag_p99_ms"] for r in results
+                                     if r["n"] == n and r["kind"] == k) for k in kinds]
+        row = f"| {n} | " + " | ".join(f"{m:.1f}" for m in medians)
+        if kinds == ["ours", "bare"]:
+            row += f" | {medians[0] / medians[1]:.2f}"
+        lines.append(row + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "clients"])
@@ -206,6 +221,8 @@ def main() -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--servers", nargs="+", default=["ours", "bare"],
                         choices=list(SERVERS))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per server and N (alternating); the summary takes medians")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -215,13 +232,17 @@ def main() -> int:
         return 0
     results = []
     for n in args.n:
-        for kind in args.servers:
-            r = measure(kind, n, args.interval, args.ticks)
-            results.append(r)
-            print(f"{kind} N={n}: connected {r['connected']}/{n}, lost {r['lost']}, "
-                  f"lag p99 {r['lag_p99_ms']:.1f} ms, cpu {r['server_cpu_percent']:.0f} %, "
-                  f"rss {r['server_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        for _ in range(args.repeat):
+            for kind in args.servers:
+                r = measure(kind, n, args.interval, args.ticks)
+                results.append(r)
+                print(f"{kind} N={n}: connected {r['connected']}/{n}, lost {r['lost']}, "
+                      f"lag p99 {r['lag_p99_ms']:.1f} ms, cpu {r['server_cpu_percent']:.0f} %,"
+                      f" rss {r['server_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
     print(table(results))
+    if args.repeat > 1 or len(args.servers) > 1:
+        print()
+        print(summary(results, args.servers))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -43,8 +43,8 @@ NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = (
 
 
 class _Client:
-    __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "components",
-                 "metrics", "peer", "raw", "send_started", "seq")
+    __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "closing",
+                 "components", "metrics", "peer", "raw", "send_started", "seq")
 
     def __init__(self, peer: Any, raw: bool) -> None:
         self.peer = peer
@@ -60,6 +60,8 @@ class _Client:
         self.send_started: float | None = None
         self.close_code: int | None = None
         self.close_reason = ""
+        #: Its tasks are done: nothing but the close frame may follow.
+        self.closing = False
         self.cancel = trio.CancelScope()
         self._wake = trio.Event()
 
@@ -151,6 +153,16 @@ class Fanout:
         self.clients.add(client)
         self._empty = trio.Event()
         try:
+            await self._serve_client(client, receive, send)
+        finally:
+            # Only now: until its close frame is out, the watchdog and
+            # close_all must still see it (a blocked send gets its socket cut).
+            self.clients.discard(client)
+            if not self.clients:
+                self._empty.set()
+
+    async def _serve_client(self, client: _Client, receive: Any, send: Any) -> None:
+        try:
             with client.cancel:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._sender, client, send)
@@ -160,15 +172,13 @@ class Fanout:
             log.exception("websocket client %s: internal error", client.peer)
             client.close_code, client.close_reason = INTERNAL, "internal error"
         finally:
-            self.clients.discard(client)
+            client.closing = True
             partial = self._partials.pop(client, None)
             if partial is not None:
                 # Half a frame is out: nothing else may follow on this socket.
                 self.connections.abort(client.peer)
                 partial.server.send_lock.release()
                 client.close_code = None
-            if not self.clients:
-                self._empty.set()
         if client.close_code is not None:
             with trio.CancelScope(shield=True):
                 await self._send(client, send, {"type": "websocket.close",
@@ -195,7 +205,7 @@ class Fanout:
             snap = await self.hub.wait_after(seq)
             seq = snap.seq
             for client in list(self.clients):
-                if client.seq >= seq:
+                if client.seq >= seq or client.closing:
                     continue
                 if client.raw and not client.busy:
                     try:
