@@ -63,3 +63,30 @@ async def test_compression_on_uses_the_per_message_path(tmp_path):
             doc = json.loads(await ws.get_message())
     assert all("components" in d for d in docs)
     assert set(doc["metrics"]) == {"timestamp", "cpu_percent"}
+
+
+async def test_shutdown_is_bounded_with_a_client_blocking_a_send(tmp_path):
+    # A client that reads nothing (a raw socket, tiny receive buffer) while
+    # big snapshots fill the path: the send to it blocks, shielded inside
+    # hypercorn. Shutdown must not wait for it: its socket is cut.
+    hub = Hub(interval=10.0, history_seconds=60)  # the watchdog stays out of it
+    big = {"components": {"x": {"name": "y" * 1_000_000}}, "metrics": {}}
+    hub.publish(big)
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve, None, hub, ServerConfig(port=0, interval=10.0),
+                                           shutdown=shutdown))
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        await sock.send(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        for _ in range(12):
+            hub.publish(big)
+            await trio.sleep(0.05)
+        t0 = trio.current_time()
+        shutdown.set()
+    elapsed = trio.current_time() - t0
+    sock.close()
+    assert 1.5 < elapsed < 6  # close_all's grace (2 s), then the cut; not forever
