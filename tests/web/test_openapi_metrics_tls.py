@@ -12,6 +12,8 @@ import trio
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.client import Client
+
 from .conftest import sleeper, web_server, ws_client
 
 pytestmark = pytest.mark.anyio
@@ -124,3 +126,7 @@ async def test_tls(tmp_path):
                 await untrusting.get("/healthz")
         async with ws_client(srv.ws_url, ssl_context=client_ctx) as ws:
             assert "components" in json.loads(await ws.get_message())
+        async with Client(srv.url, ssl_context=client_ctx) as cc:  # https + wss
+            assert [c["id"] for c in await cc.components()] == ["a"]
+            async with cc.snapshots() as stream:
+                assert "a" in (await stream.receive())["components"]
