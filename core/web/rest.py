@@ -7,6 +7,7 @@ shapes the answer as the contract says.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -113,8 +114,9 @@ class Handlers:
 
     async def history(self, request: Request) -> Response:
         seconds = _float_param(request, "seconds")
-        return JSONResponse({"interval": self.hub.interval,
-                             "points": self.hub.history(seconds)})
+        body = (f'{{"interval": {json.dumps(self.hub.interval)}, '
+                f'"points": {self.hub.history_json(seconds)}}}')
+        return Response(body, media_type="application/json")
 
     async def reload(self, request: Request) -> Response:
         try:
