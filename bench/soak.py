@@ -2,6 +2,7 @@
 
     python bench/soak.py [--minutes 10] [--components 50] [--crashers 10]
                          [--clients 500] [--interval 2.0] [--log-lines N] [--json out.json]
+    python bench/soak.py --leak-check [--minutes 2] [--clients 50] [--control-rate 5]
 
 Starts `python -m core` on 127.0.0.1 (free port) with `--components`
 components, `--crashers` of which crash-loop (restart = "always", a child
@@ -10,6 +11,12 @@ sends one control request per second (restart of a random component).
 Reports the supervisor's RSS and CPU % over time, WebSocket ticks missed
 (a gap in `metrics.timestamp` greater than 1.5 x interval, as seen by each
 client), the client-side inter-arrival spread, and every error.
+
+The RSS of a run shorter than the history ring (at least 30 min of points)
+grows while that ring fills, by design. `--leak-check` tells that apart
+from a leak: the same load in one process, with the history and log rings
+shrunk so they are full after a warm-up, and tracemalloc's difference of
+the Python heap between the end of the warm-up and the end of the run.
 
 Everything is bounded: the run stops by itself after `--minutes`, sends only
 to 127.0.0.1, and ends only the supervisor it started (by pid), which stops
@@ -289,6 +296,68 @@ async def soak(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
             "load_generator_cpu_percent": load_cpu, "history_points": history_points}
 
 
+async def _leak_check(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    import gc
+    import tracemalloc
+    from functools import partial
+
+    import core.hub
+    from core.config import load
+    from core.plugins import PluginManager
+    from core.supervisor import Supervisor
+    from core.web import serve
+
+    core.hub.MIN_HISTORY_SECONDS = 10.0  # full after the warm-up (diagnostic only)
+    path = write_config(directory, components=args.components, crashers=args.crashers,
+                        interval=args.interval, history_seconds=10.0, log_lines=20,
+                        control_rate=1000.0)
+    plugins = PluginManager(load_entry_points=False)
+    config = load(path, plugins=plugins.names, validate=plugins.validate)
+    hub = core.hub.Hub(interval=args.interval, history_seconds=10.0)
+    sup = Supervisor(config, plugins, hub)
+    stop, shutdown = trio.Event(), trio.Event()
+    stats = ClientStats(args.interval)
+    ids = [f"c{i:03d}" for i in range(args.components)]
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve, sup, hub, config.server, shutdown=shutdown))
+        await nursery.start(sup.run)
+        for _ in range(args.clients):
+            nursery.start_soon(ws_client, f"ws://127.0.0.1:{port}/ws", stats, stop)
+        control: dict[str, Any] = {}
+        nursery.start_soon(controller, f"http://127.0.0.1:{port}", ids, stop, control,
+                           args.control_rate)
+        await trio.sleep(40)  # warm-up: every ring full, every code path taken
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        await trio.sleep(args.minutes * 60)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        stop.set()
+        await sup.shutdown()
+        shutdown.set()
+        await trio.sleep(1)  # the clients get their 1001
+        nursery.cancel_scope.cancel()  # sup.run and serve
+    # What this script records itself (arrival times, latencies) is not the server's.
+    mine = [tracemalloc.Filter(False, __file__)]
+    diff = after.filter_traces(mine).compare_to(before.filter_traces(mine), "lineno")
+    return {"measured_s": args.minutes * 60, "components": args.components,
+            "clients": args.clients, "control_requests": control.get("requests"),
+            "heap_growth_kb": round(sum(d.size_diff for d in diff) / 1024, 1),
+            "top_growth": [str(d) for d in diff[:8]], "ws_errors": stats.errors[:5]}
+
+
+def leak_check(args: argparse.Namespace) -> int:
+    import tracemalloc
+
+    tracemalloc.start(1)
+    with tempfile.TemporaryDirectory(prefix="cc-leak-") as tmp:
+        figures = trio.run(_leak_check, args, Path(tmp))
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 1 if figures["heap_growth_kb"] > 1024 else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -304,10 +373,14 @@ def main() -> int:
     parser.add_argument("--log-lines", type=int, default=None,
                         help="[server] log_lines (in-memory lines per component); a small "
                              "value fills that bounded buffer early in the run")
+    parser.add_argument("--leak-check", action="store_true",
+                        help="in one process: Python heap growth once every ring is full")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not 0 < args.minutes <= 120 or not 0 < args.clients <= 5000:
         parser.error("--minutes must be in (0, 120] and --clients in (0, 5000]")
+    if args.leak_check:
+        return leak_check(args)
 
     with tempfile.TemporaryDirectory(prefix="cc-soak-") as tmp:
         directory = Path(tmp)
