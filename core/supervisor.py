@@ -100,6 +100,9 @@ class Component:
     run_scope: trio.CancelScope | None = None
     task_scope: trio.CancelScope | None = None
     removed: bool = False
+    #: Bumped by every start/stop request: a caller waiting for the outcome of
+    #: its request stops waiting once a later request has superseded it.
+    requests: int = 0
 
     @property
     def pid(self) -> int | None:
@@ -160,14 +163,16 @@ class Supervisor:
         before = comp.state
         self._want(comp, True)
         if before in (S.STOPPED, S.ERROR, S.STOPPING):
-            await self._wait_state(comp, lambda s: s in (S.STARTING, S.RUNNING))
+            await self._wait_state(comp, lambda s: s in (S.STARTING, S.RUNNING),
+                                   request=comp.requests)
         return self.view(cid)
 
     async def stop(self, cid: str) -> dict[str, Any]:
         comp = self._get(cid)
         self._want(comp, False)
         if comp.state in (S.STARTING, S.RUNNING):
-            await self._wait_state(comp, lambda s: s not in (S.STARTING, S.RUNNING))
+            await self._wait_state(comp, lambda s: s not in (S.STARTING, S.RUNNING),
+                                   request=comp.requests)
         return self.view(cid)
 
     async def restart(self, cid: str) -> dict[str, Any]:
@@ -178,7 +183,8 @@ class Supervisor:
             comp.restart_requested = True
             if comp.run_scope is not None:
                 comp.run_scope.cancel()
-            await self._wait_state(comp, lambda s: s != S.RUNNING or comp.child is None)
+            await self._wait_state(comp, lambda s: s != S.RUNNING or comp.child is None,
+                                   request=comp.requests)
             return self.view(cid)
         return await self.start(cid)
 
@@ -601,14 +607,24 @@ class Supervisor:
 
     def _want(self, comp: Component, desired: bool) -> None:
         comp.desired = desired
+        comp.requests += 1
         if not desired:
             comp.restart_requested = False
             if comp.run_scope is not None:
                 comp.run_scope.cancel()
         comp.poke()
+        self._notify()  # wakes callers whose request this one supersedes
 
-    async def _wait_state(self, comp: Component, pred: Callable[[ComponentState], bool]) -> None:
+    async def _wait_state(self, comp: Component, pred: Callable[[ComponentState], bool], *,
+                          request: int | None = None) -> None:
+        """Until pred(state); or, given `request`, until a later request supersedes it.
+
+        Without that escape a stop answered by a start that came right after it
+        (or the reverse) would wait for a state that never comes.
+        """
         while not pred(comp.state):
+            if request is not None and comp.requests != request:
+                return
             await self._changed.wait()
 
     async def _stop_many(self, cids: list[str], config: Config) -> None:
