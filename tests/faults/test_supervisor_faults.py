@@ -233,6 +233,33 @@ def test_sigterm_during_a_restart_storm(tmp_path: Path, cores: list[Core]) -> No
     assert sum(len(v) for v in started_pids(core).values()) > 5  # restarts did happen
 
 
+def test_superseded_start_and_stop_requests_return(tmp_path: Path, cores: list[Core]) -> None:
+    """A start answered by a stop (and a stop by a start) while a stubborn child is
+    still stopping: every request returns promptly, the last one decides."""
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "time.sleep(600)")
+    core = start(cores, write_config(tmp_path, component("s", stubborn, stop_timeout=2.0)))
+    core.running_pids()
+    assert core.post("/api/components/s/stop")["component"]["state"] == "stopping"
+    with httpx.Client(base_url=core.url, timeout=10) as other, ThreadPoolExecutor(1) as pool:
+        began = time.monotonic()
+        pending = pool.submit(other.post, "/api/components/s/start")
+        time.sleep(0.5)  # the start arrives and waits (nothing to observe until it returns)
+        assert not pending.done()
+        assert core.post("/api/components/s/stop")["component"]["state"] == "stopping"
+        t_stop = time.monotonic() - began
+        answer = pending.result(10)
+        t_start = time.monotonic() - began
+        assert answer.status_code == 200
+        assert t_start - t_stop < 0.5, (t_stop, t_start, answer.json())
+    view = core.wait_state("s", lambda v: v["state"] == "stopped", 5, "stopped")
+    assert view["pid"] is None  # the stop came last: it stays stopped
+    time.sleep(0.3)
+    assert core.comp("s")["state"] == "stopped"
+    core.signal(signal.SIGTERM)
+    assert core.wait_exit(10) == 0
+
+
 # -- a misbehaving third-party plugin -----------------------------------------------
 
 FAULTY = {
@@ -525,9 +552,12 @@ def test_installed_plugin_that_fails_to_import_is_reported_without_traceback(
 
 def test_mixed_control_storm_with_reloads_settles(tmp_path: Path, cores: list[Core]) -> None:
     """Concurrent start/stop/restart calls mixed with reloads that change a component:
-    never two processes for one component; once the storm ends a final start of each
-    leaves exactly the process the snapshot shows."""
-    body = "".join(tagged(f"m{i}", stop_timeout=2.0) for i in range(4))
+    no call hangs, never two processes for one component; once the storm ends a final
+    start of each leaves exactly the processes the component views show."""
+    # m2 and m3 depend on m0 and m1: starts wait for them, shutdown orders waves.
+    body = "".join(tagged(f"m{i}", stop_timeout=2.0) for i in range(2))
+    body += "".join(tagged(f"m{i}", stop_timeout=2.0, depends_on=["m0", "m1"])
+                    for i in range(2, 4))
     config = write_config(tmp_path, body, interval=0.1)
     variants = [config.read_text(), config.read_text().replace(
         'env = { FAULT_COMP = "m0" }', 'env = { FAULT_COMP = "m0", V = "2" }')]
@@ -560,8 +590,14 @@ def test_mixed_control_storm_with_reloads_settles(tmp_path: Path, cores: list[Co
                     changed.extend(resp.json().get("changed", []))
                 else:
                     action = rng.choice(["start", "stop", "restart"])
-                    codes.append(client.post(
-                        f"/api/components/m{rng.randrange(4)}/{action}").status_code)
+                    url = f"/api/components/m{rng.randrange(4)}/{action}"
+                    try:
+                        codes.append(client.post(url, timeout=8).status_code)
+                    except httpx.ReadTimeout:
+                        cid = url.split("/")[3]
+                        lines = core.get(f"/api/components/{cid}/logs?lines=40")["lines"]
+                        raise AssertionError(f"{url} hung; {cid}'s log:\n" + "\n".join(
+                            f"{x['time']} {x['text']}" for x in lines)) from None
         return codes
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -578,9 +614,17 @@ def test_mixed_control_storm_with_reloads_settles(tmp_path: Path, cores: list[Co
     assert sum(len(v) for v in started_pids(core).values()) > 10  # it was a storm
     for i in range(4):
         core.post(f"/api/components/m{i}/start")
-    pids = core.running_pids()
+
+    def live() -> dict[str, int] | None:
+        # The components' own views (the snapshot may be an interval old).
+        views = core.get("/api/components")["components"]
+        if all(v["state"] == "running" for v in views):
+            return {v["id"]: v["pid"] for v in views}
+        return None
+
+    pids = wait_for(live, 10, "every component running")
     time.sleep(0.3)
-    assert core.running_pids() == pids
+    assert live() == pids
     groups = by_env(psutil.Process(core.pid).children(), "FAULT_COMP")
     assert groups == {cid: [pid] for cid, pid in pids.items()}
     core.signal(signal.SIGTERM)
