@@ -2,14 +2,18 @@
 
     python bench/connection_storm.py [--attempts 3000] [--max-clients 1000]
                                      [--interval 0.5] [--observe 10] [--json out.json]
+    python bench/connection_storm.py --staged [...]
 
 Starts `python -m core` on 127.0.0.1 (free port) with `max_clients`, then
 opens `--attempts` WebSocket connections at once. Expected: exactly
 `max_clients` are served (they get the snapshot and one per tick), the rest
 are closed with 1013 right after the handshake, and the served ones keep
 their cadence while the storm hits (inter-arrival within 10-20 % of the
-interval). Reports the counts, the time until every attempt had its answer,
-the served clients' inter-arrival spread, and the server's CPU and RSS.
+interval). `--staged` serves `max_clients` first, then sends the rest
+of the attempts from a separate process, and compares the served clients'
+cadence before, during and after that storm. Reports the counts, the time
+until every attempt had its answer, the served clients' inter-arrival
+spread, and the server's CPU and RSS.
 
 Bounded: one storm, `--observe` seconds of watching, 127.0.0.1 only; ends
 only the supervisor it started (by pid).
@@ -116,6 +120,80 @@ async def storm(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]
     }
 
 
+#: The storm of --staged, run in its own interpreter so that its handshakes
+#: do not share an event loop with the clients being measured.
+_STORM_CHILD = """
+import sys, trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+url, n, result = sys.argv[1], int(sys.argv[2]), {}
+async def one():
+    ws = None
+    try:
+        with trio.fail_after(30):
+            async with open_websocket_url(url) as ws:
+                await ws.get_message()
+                result["served"] = result.get("served", 0) + 1
+    except ConnectionClosed as exc:
+        result[str(exc.reason.code)] = result.get(str(exc.reason.code), 0) + 1
+        if ws is not None and getattr(ws, "_stream", None) is not None:
+            await ws._stream.aclose()
+    except Exception as exc:
+        result[type(exc).__name__] = result.get(type(exc).__name__, 0) + 1
+async def main():
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+trio.run(main)
+print(repr(result))
+"""
+
+
+async def staged(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
+    """max_clients served first; then the rest of the attempts as a storm from a child."""
+    url = f"ws://127.0.0.1:{port}/ws"
+    per: list[list[float]] = [[] for _ in range(args.max_clients)]
+    ready = trio.Semaphore(0)
+
+    async def watch(arrivals: list[float]) -> None:
+        async with open_websocket_url(url) as ws:
+            await ws.get_message()
+            ready.release()
+            while True:
+                await ws.get_message()
+                arrivals.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for arrivals in per:
+            nursery.start_soon(watch, arrivals)
+        with trio.fail_after(60):
+            for _ in per:
+                await ready.acquire()
+        for arrivals in per:
+            arrivals.clear()  # from here: all connected
+        await trio.sleep(4 * args.interval)
+        storm_at = trio.current_time()
+        child = await trio.run_process(
+            [sys.executable, "-c", _STORM_CHILD, url, str(args.attempts - args.max_clients)],
+            capture_stdout=True)
+        storm_end = trio.current_time()
+        await trio.sleep(4 * args.interval)
+        nursery.cancel_scope.cancel()
+
+    def window(keep: Any) -> dict[str, Any]:
+        gaps = [b - a for arrivals in per for a, b in itertools.pairwise(arrivals) if keep(a, b)]
+        inside = sum(abs(g - args.interval) <= 0.1 * args.interval for g in gaps)
+        return {**_spread(gaps), "within_10_percent": round(100 * inside / len(gaps), 1)
+                if gaps else None}
+
+    return {"mode": "staged", "attempts": args.attempts, "max_clients": args.max_clients,
+            "interval": args.interval, "storm_result": child.stdout.decode().strip(),
+            "storm_s": round(storm_end - storm_at, 2),
+            "inter_arrival_before_storm_s": window(lambda a, b: b < storm_at),
+            "inter_arrival_during_storm_s": window(
+                lambda a, b: b >= storm_at and a <= storm_end + args.interval),
+            "inter_arrival_after_storm_s": window(lambda a, b: a > storm_end + args.interval)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +202,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--observe", type=float, default=10.0,
                         help="seconds to watch the served clients (default 10)")
+    parser.add_argument("--staged", action="store_true",
+                        help="serve max_clients first, then storm with the rest from a "
+                             "separate process, and compare the cadence before/during/after")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not 0 < args.attempts <= 10_000 or not 0 < args.observe <= 300:
@@ -135,7 +216,8 @@ def main() -> int:
                               max_clients=args.max_clients)
         server = start_server(config, directory / "output.txt")
         try:
-            figures = trio.run(storm, args, server.port, server.proc.pid)
+            figures = trio.run(staged if args.staged else storm, args, server.port,
+                               server.proc.pid)
         finally:
             status = server.stop()
         output = server.output.read_text(errors="replace")
@@ -146,6 +228,8 @@ def main() -> int:
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+    if args.staged:
+        return 0 if status == 0 else 1
     refused = figures["closed"].get(1013, 0)
     ok = (figures["served"] == min(args.attempts, args.max_clients)
           and refused == args.attempts - figures["served"] and not figures["errors"]
