@@ -117,7 +117,14 @@ async def _tick(components: int, ticks: int, directory: Path,
     sup = Supervisor(cfg, plugins)
     timer = StepTimer()
     walls: list[float] = []
+
+    async def accept_and_close() -> None:
+        while True:
+            conn, _ = await listener.accept()
+            conn.close()
+
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_and_close)
         await nursery.start(sup.run)
         with trio.fail_after(60):
             while any(sup.view(c)["health"] != "healthy" for c in sup.component_ids()):
