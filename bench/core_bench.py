@@ -33,6 +33,16 @@ from core.supervisor import Supervisor  # noqa: E402
 
 PY = sys.executable
 SLEEPER = f'["{PY}", "-c", "import time; time.sleep(3600)"]'
+LISTENER = """
+import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4096)
+print(s.getsockname()[1], flush=True)
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline:
+    s.accept()[0].close()
+"""
 
 
 def write_config(directory: Path, components: int, *, interval: float, extra: str = "") -> Path:
@@ -106,10 +116,11 @@ class StepTimer(trio.abc.Instrument):
 
 async def _tick(components: int, ticks: int, directory: Path,
                 health: bool) -> dict[str, float]:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(4096)
-    port = listener.getsockname()[1]
+    # The health-check target runs in its own process, so that accepting 200
+    # connections a tick loads neither this event loop nor its GIL.
+    target = subprocess.Popen([PY, "-c", LISTENER], stdout=subprocess.PIPE, text=True)
+    assert target.stdout is not None
+    port = int(target.stdout.readline())
     # With --health every component has a TCP health check, so every tick
     # runs 200 probe hooks in worker threads, each connecting to a listener.
     extra = f'health_tcp = "127.0.0.1:{port}"\n' if health else ""
@@ -117,14 +128,7 @@ async def _tick(components: int, ticks: int, directory: Path,
     sup = Supervisor(cfg, plugins)
     timer = StepTimer()
     walls: list[float] = []
-
-    async def accept_and_close() -> None:
-        while True:
-            conn, _ = await listener.accept()
-            conn.close()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept_and_close)
         await nursery.start(sup.run)
         with trio.fail_after(60):
             while any(sup.view(c)["health"] != "healthy" for c in sup.component_ids()):
@@ -140,7 +144,8 @@ async def _tick(components: int, ticks: int, directory: Path,
         trio.lowlevel.remove_instrument(timer)
         await sup.shutdown()
         nursery.cancel_scope.cancel()
-    listener.close()
+    target.kill()
+    target.communicate()
     return {"median_ms": statistics.median(walls), "max_ms": max(walls),
             "longest_step_ms": timer.longest * 1000, "where": timer.where}
 
