@@ -129,7 +129,15 @@ async def serve(config_path: str | Path) -> int:
             await nursery.start(supervisor.run)
             await stop.wait()
             with trio.CancelScope(shield=True):
-                await supervisor.shutdown()
+                # Bounded even if a bug kept a component from ever stopping:
+                # then what is left is killed below and the exit still happens.
+                limit = sum(c.stop_timeout for c in supervisor.config.components.values()) + 10
+                with trio.move_on_after(limit) as bounded:
+                    await supervisor.shutdown()
+                if bounded.cancelled_caught:
+                    log.error("components still not stopped after %g s: killing what is "
+                              "left", limit)
+                    process.kill_all_now()
                 # Dashboards saw every component stop; now each WebSocket gets 1001.
                 close_web.set()
                 with trio.move_on_after(5):

@@ -44,5 +44,13 @@ class UnknownComponent(LookupError):
         super().__init__(f"no component with id {component_id!r}")
 
 
+class ShuttingDown(RuntimeError):
+    """A start or restart arrived after shutdown began; it is refused, nothing changes."""
+
+    def __init__(self, component_id: str) -> None:
+        self.component_id = component_id
+        super().__init__(f"not starting {component_id!r}: the supervisor is shutting down")
+
+
 class PluginError(RuntimeError):
     """A plugin hook raised, hung or returned something it must not."""

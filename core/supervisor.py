@@ -39,7 +39,7 @@ import trio
 
 from core import config as config_mod
 from core.config import ComponentConfig, Config
-from core.errors import ConfigError, PluginError, UnknownComponent
+from core.errors import ConfigError, PluginError, ShuttingDown, UnknownComponent
 from core.logs import LogTail
 from core.model import ComponentInfo, Launch, Probe
 from core.plugins import PluginManager
@@ -157,7 +157,7 @@ class Supervisor:
             # A start (or restart) that arrives during shutdown would outlive it
             # and keep the supervisor from ever exiting: refuse it, unchanged.
             comp.log.note("start refused: the supervisor is shutting down")
-            return self.view(cid)
+            raise ShuttingDown(cid)
         for dep in self._dependencies(cid):
             self._want(self._components[dep], True)
         before = comp.state

@@ -132,7 +132,8 @@ def _control(action: str) -> dict[str, Any]:
         "parameters": [_CID],
         "responses": {"200": _json("ControlResult", "The component after the request"),
                       **_NOT_FOUND, **_ERR,
-                      "403": _json("Error", "Cross-origin request refused")},
+                      "403": _json("Error", "Cross-origin request refused"),
+                      "503": _json("Error", "Refused: the supervisor is shutting down")},
     }}
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from core.errors import ConfigError, OptionError, UnknownComponent
+from core.errors import ConfigError, OptionError, ShuttingDown, UnknownComponent
 from core.hub import Hub
 
 #: `lines=` of the logs endpoint: default and maximum.
@@ -97,6 +97,8 @@ class Handlers:
             view = await method(cid)
         except UnknownComponent:
             return error(404, f"no component with id {cid!r}")
+        except ShuttingDown as exc:
+            return error(503, str(exc))
         return JSONResponse({"success": True, "component": {"id": cid, **view}})
 
     async def logs(self, request: Request) -> Response:
