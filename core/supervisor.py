@@ -28,20 +28,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from core import config as config_mod
+from core.component import Component, call_hook, describe_exc, exit_text
 from core.config import ComponentConfig, Config
 from core.errors import ConfigError, PluginError, ShuttingDown, UnknownComponent
 from core.logs import LogTail
-from core.model import ComponentInfo, Launch, Probe
+from core.model import ComponentInfo, Launch
 from core.plugins import PluginManager
 from core.process import ChildProcess, SpawnError, reap_orphans
 from core.snapshot import StatsReader, SystemStats, build_document, iso_utc
@@ -60,58 +59,6 @@ STARTUP_PROBE_INTERVAL = 0.1
 PROBE_THREADS = 16
 #: How long a reload may take to read and validate config.toml.
 CONFIG_LOAD_TIMEOUT = 5.0
-
-
-@dataclass(eq=False)
-class Component:
-    """One component's runtime record. Only its own task writes it."""
-
-    cfg: ComponentConfig
-    info: ComponentInfo
-    log: LogTail
-    state: ComponentState = S.STOPPED
-    desired: bool = False
-    restart_requested: bool = False
-    child: ChildProcess | None = None
-    started_at: float | None = None
-    restarts: int = 0
-    exit_code: int | None = None
-    health: str | None = None
-    error: str | None = None
-    probe_error: str | None = None
-    next_restart_at: float | None = None
-    cpu_percent: float | None = None
-    memory_mb: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    last_updated: float = field(default_factory=time.time)
-    probe_busy_since: float | None = None
-    #: Whether the current run is probed (its plugin has a probe hook and the
-    #: Launch did not opt out).
-    probes: bool = False
-    # One worker thread at a time per component and kind of hook: a plugin
-    # that hangs holds its own token (abandoned threads keep theirs until
-    # they return) and never starves another component.
-    probe_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
-    hook_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
-    # Its own for stop: a stop hook left hanging must not keep the next start
-    # waiting for the start hook's token (nor a hung start block a stop).
-    stop_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
-    wake: trio.Event = field(default_factory=trio.Event)
-    run_scope: trio.CancelScope | None = None
-    task_scope: trio.CancelScope | None = None
-    removed: bool = False
-    #: Bumped by every start/stop request: a caller waiting for the outcome of
-    #: its request stops waiting once a later request has superseded it.
-    requests: int = 0
-
-    @property
-    def pid(self) -> int | None:
-        child = self.child
-        return child.pid if child is not None and child.returncode is None else None
-
-    def poke(self) -> None:
-        self.wake.set()
-        self.wake = trio.Event()
 
 
 class Supervisor:
@@ -142,7 +89,7 @@ class Supervisor:
         return list(self._components)
 
     def view(self, cid: str) -> dict[str, Any]:
-        return self._describe(self._get(cid), time.monotonic())
+        return self._describe(self._get(cid))
 
     def log(self, cid: str) -> LogTail:
         return self._get(cid).log
@@ -303,7 +250,7 @@ class Supervisor:
             comp.memory_mb = ps.memory_mb if ps else None
             comp.last_updated = now
         doc = build_document(
-            {c.cfg.id: self._describe(c, time.monotonic()) for c in comps},
+            {c.cfg.id: self._describe(c) for c in comps},
             stats,
             [c.metrics for c in comps if c.pid is not None and c.metrics],
             now,
@@ -326,7 +273,7 @@ class Supervisor:
         """
         now = time.time()
         doc = build_document(
-            {cid: self._describe(c, time.monotonic()) for cid, c in self._components.items()},
+            {cid: self._describe(c) for cid, c in self._components.items()},
             self._stats.read([]), [], now)
         if self.hub is not None:
             self.hub.publish(doc)
@@ -340,41 +287,20 @@ class Supervisor:
         comp.probe_busy_since = time.monotonic()
         try:
             async with self._probe_slots:
-                result = await self._hook(comp, "probe", timeout=comp.cfg.probe_timeout,
-                                          limiter=comp.probe_limiter, pid=pid)
-            self._apply_probe(comp, pid, result)
+                result = await call_hook(self.plugins, comp, "probe",
+                                         timeout=comp.cfg.probe_timeout,
+                                         limiter=comp.probe_limiter, pid=pid)
+            if comp.apply_probe(pid, result):
+                self._notify()
         except Exception as exc:
             if comp.pid == pid:
                 comp.health = "unhealthy"
-                comp.probe_error = f"probe failed: {_describe_exc(exc)}"
+                # A PluginError already names the plugin and the hook.
+                comp.probe_error = str(exc) if isinstance(exc, PluginError) else (
+                    f"probe failed: {describe_exc(exc)}")
         finally:
             comp.probe_busy_since = None
             done.set()
-
-    def _apply_probe(self, comp: Component, pid: int, result: Any) -> None:
-        if comp.pid != pid:
-            return  # a probe of a process that is gone since
-        if result is None:
-            result = Probe()
-        if not isinstance(result, Probe):
-            comp.health = "unhealthy"
-            comp.probe_error = (f"probe returned {type(result).__name__}, expected "
-                                "core.Probe or None")
-            comp.metrics = {}
-            return
-        was = comp.health
-        comp.health = "healthy" if result.healthy else "unhealthy"
-        comp.probe_error = None if result.healthy else (
-            str(result.error) if result.error else "probe reported unhealthy")
-        try:
-            comp.metrics = {k: v for k, v in dict(result.metrics).items()
-                            if isinstance(v, int | float) and not isinstance(v, bool)
-                            and math.isfinite(v)}
-        except (TypeError, ValueError):
-            comp.metrics = {}
-            comp.probe_error = "probe returned metrics that are not a mapping of numbers"
-        if was != comp.health:
-            self._notify()
 
     # -- one task per component ------------------------------------------------
 
@@ -433,7 +359,7 @@ class Supervisor:
                     # RUNNING -> STOPPED: exited by itself with status 0
                     self._set_state(comp, S.STOPPED, "exited with status 0")
                 else:
-                    comp.error = comp.error or _exit_text(code)
+                    comp.error = comp.error or exit_text(code)
                     # RUNNING/STARTING -> ERROR: failed and the policy does not restart
                     self._set_state(comp, S.ERROR, comp.error)
                 return
@@ -444,17 +370,17 @@ class Supervisor:
             if failures >= cfg.max_failures:
                 comp.desired = False
                 comp.error = (f"gave up after {failures} quick failures in a row (last: "
-                              f"{comp.error or _exit_text(code)}); start it again to retry")
+                              f"{comp.error or exit_text(code)}); start it again to retry")
                 # STARTING/RUNNING -> ERROR: too many quick failures
                 self._set_state(comp, S.ERROR, comp.error)
                 return
             delay = 0.0 if failures == 0 else min(
                 cfg.backoff_max, cfg.backoff_initial * cfg.backoff_factor ** (failures - 1))
             if code is not None:
-                comp.error = _exit_text(code)
+                comp.error = exit_text(code)
             comp.restarts += 1
             # RUNNING -> STARTING: died; the policy restarts it after `delay`
-            why = _exit_text(code) if code is not None else "start failed"
+            why = exit_text(code) if code is not None else "start failed"
             self._set_state(comp, S.STARTING, f"{why}; restarting in {delay:.2f} s")
             if delay > 0:
                 comp.next_restart_at = time.monotonic() + delay
@@ -469,7 +395,7 @@ class Supervisor:
             # crash of the supervisor.
             raise SpawnError(f"cannot create the data directory {comp.info.data_dir}: "
                              f"{exc.strerror or exc}") from None
-        launch = await self._hook(comp, "start", timeout=comp.cfg.start_timeout)
+        launch = await call_hook(self.plugins, comp, "start", timeout=comp.cfg.start_timeout)
         if not isinstance(launch, Launch):
             raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned "
                               f"{type(launch).__name__}, expected core.Launch")
@@ -508,7 +434,7 @@ class Supervisor:
             nursery.cancel_scope.cancel()
         if self.record is not None:
             self.record.remove(child.pid)
-        comp.log.note(_exit_text(code))
+        comp.log.note(exit_text(code))
         return code
 
     async def _startup_probes(self, comp: Component) -> None:
@@ -541,10 +467,10 @@ class Supervisor:
         if self.plugins.implements(cfg.plugin, "stop"):
             try:
                 with trio.move_on_after(cfg.stop_timeout / 2):
-                    await self._hook(comp, "stop", timeout=cfg.stop_timeout / 2, pid=child.pid,
-                                     limiter=comp.stop_limiter)
+                    await call_hook(self.plugins, comp, "stop", timeout=cfg.stop_timeout / 2,
+                                    pid=child.pid, limiter=comp.stop_limiter)
             except Exception as exc:
-                comp.log.note(f"stop hook failed: {_describe_exc(exc)}")
+                comp.log.note(f"stop hook failed: {describe_exc(exc)}")
         remaining = max(0.1, cfg.stop_timeout - (time.monotonic() - began))
         code = await child.stop(cfg.stop_signal, remaining)
         if self.record is not None:
@@ -556,7 +482,7 @@ class Supervisor:
         if comp.restart_requested:
             comp.restarts += 1
         # STOPPING -> STOPPED: stopped on request
-        self._set_state(comp, S.STOPPED, f"stopped ({_exit_text(code)})")
+        self._set_state(comp, S.STOPPED, f"stopped ({exit_text(code)})")
 
     async def _wait_dependencies(self, comp: Component) -> None:
         deps = comp.cfg.depends_on
@@ -583,27 +509,6 @@ class Supervisor:
             await changed.wait()
 
     # -- helpers -----------------------------------------------------------
-
-    async def _hook(self, comp: Component, hook: str, *, timeout: float,
-                    limiter: trio.CapacityLimiter | None = None, **kwargs: Any) -> Any:
-        """Call the component's own plugin hook in a worker thread, bounded."""
-        info = comp.info
-        call = self.plugins.call
-        plugin = comp.cfg.plugin
-
-        def run() -> Any:
-            return call(plugin, hook, component=info, **kwargs)
-
-        with trio.move_on_after(timeout) as scope:
-            try:
-                return await trio.to_thread.run_sync(
-                    run, abandon_on_cancel=True, limiter=limiter or comp.hook_limiter)
-            except (Exception, SystemExit) as exc:
-                # SystemExit too: a plugin's sys.exit() is its failure, not ours.
-                raise PluginError(f"plugin {plugin!r} {hook} hook failed: "
-                                  f"{_describe_exc(exc)}") from exc
-        assert scope.cancelled_caught
-        raise PluginError(f"plugin {plugin!r} {hook} hook did not return within {timeout:g} s")
 
     def _want(self, comp: Component, desired: bool) -> None:
         comp.desired = desired
@@ -663,6 +568,9 @@ class Supervisor:
             fn(comp.cfg.id, old, new)
         self._notify()
 
+    def _describe(self, comp: Component) -> dict[str, Any]:
+        return comp.describe(time.monotonic(), self._iso(comp.last_updated))
+
     def _iso(self, ts: float) -> str:
         # Every component of a tick shares one timestamp: format it once.
         if self._iso_cache[0] != ts:
@@ -703,34 +611,6 @@ class Supervisor:
                        backups=server.log_backups)
         return Component(cfg=cfg, info=self._info(cfg), log=tail)
 
-    def _describe(self, comp: Component, mono: float) -> dict[str, Any]:
-        running = comp.pid is not None
-        error = comp.error
-        if comp.probe_error and running:
-            error = comp.probe_error if not error else f"{error}; {comp.probe_error}"
-        if comp.log.file_error:
-            error = f"{error}; log file: {comp.log.file_error}" if error else (
-                f"log file: {comp.log.file_error}")
-        next_in = None
-        if comp.next_restart_at is not None:
-            next_in = round(max(0.0, comp.next_restart_at - mono), 2)
-        return {
-            "name": comp.cfg.name,
-            "state": comp.state.value,
-            "pid": comp.pid,
-            "uptime": round(mono - comp.started_at, 1) if running and comp.started_at else None,
-            "cpu_percent": comp.cpu_percent if running else None,
-            "memory_mb": comp.memory_mb if running else None,
-            "error": error,
-            "last_updated": self._iso(comp.last_updated),
-            "plugin": comp.cfg.plugin,
-            "restarts": comp.restarts,
-            "exit_code": comp.exit_code,
-            "health": comp.health if running else None,
-            "next_restart_in": next_in,
-            "depends_on": list(comp.cfg.depends_on),
-        }
-
 
 def load_guarded(path: str | Path, plugins: PluginManager) -> Config:
     """config.load, with a plugin's sys.exit() in validate_config as a ConfigError."""
@@ -739,22 +619,3 @@ def load_guarded(path: str | Path, plugins: PluginManager) -> Config:
     except SystemExit as exc:
         raise ConfigError(str(path), None, f"a plugin's validate_config hook called "
                                            f"sys.exit({exc.code!r})") from None
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "did not start"
-    if code < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exited with status {code}"
-
-
-def _describe_exc(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -317,9 +317,9 @@ def test_misbehaving_plugin_affects_only_its_components(tmp_path: Path,
     error = core.wait_state("hang_start", lambda v: v["state"] == "error", 10, "error")
     assert "plugin 'faulty' start hook did not return within 0.5 s" in error["error"]
     expected = {
-        "raise_probe": "probe failed: PluginError: plugin 'faulty' probe hook failed: "
+        "raise_probe": "plugin 'faulty' probe hook failed: "
                        "RuntimeError: boom in probe",
-        "hang_probe": "probe failed: PluginError: plugin 'faulty' probe hook did not return "
+        "hang_probe": "plugin 'faulty' probe hook did not return "
                       "within 0.2 s",
         "garbage": "probe returned str, expected core.Probe or None",
     }
