@@ -260,6 +260,26 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
+#: Connections accepted but not yet past their request line and headers.
+#: A storm of handshakes is parsed a few dozen at a time, so the tasks that
+#: serve connected clients (the tick's fan-out among them) keep their turn in
+#: trio's scheduler instead of queueing behind thousands of parsers; the rest
+#: wait in the kernel's backlog.
+ADMITTING = 32
+#: A connection holds its admission place at most this long: a client that
+#: sends its request slowly (or never) must not keep others waiting.
+ADMISSION_HOLD = 0.05
+
+#: Releases the current connection's admission place (set per connection task).
+_ADMITTED: contextvars.ContextVar[Callable[[], None]] = contextvars.ContextVar(
+    "control_center_admitted", default=lambda: None)
+
+
+def admitted() -> None:
+    """Mark the current connection's request as parsed: the next one may be admitted."""
+    _ADMITTED.get()()
+
+
 class _TCPServer(TCPServer):
     """hypercorn's connection handler, registered while it lives."""
 
@@ -284,6 +304,54 @@ class _TCPServer(TCPServer):
         finally:
             if peer is not None:
                 self._connections.remove(peer, self)
+
+
+async def _accept_loop(listener: Any, handler: Callable[[Any], Any],
+                       handlers: trio.Nursery) -> None:
+    """trio.serve_listeners, with at most ADMITTING connections before their request."""
+    places = trio.Semaphore(ADMITTING)
+    while True:
+        await places.acquire()
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            places.release()
+            if exc.errno not in _RESOURCE_ERRNOS:
+                raise
+            # Out of file descriptors or memory: what serve_listeners does.
+            await trio.sleep(0.1)
+            continue
+        handlers.start_soon(_connection, handler, stream, places)
+
+
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+async def _connection(handler: Callable[[Any], Any], stream: Any,
+                      places: trio.Semaphore) -> None:
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            places.release()
+
+    _ADMITTED.set(release)  # this task's context: hypercorn's app tasks inherit it
+    async with trio.open_nursery() as nursery:
+        async def hold_at_most() -> None:
+            await trio.sleep(ADMISSION_HOLD)
+            release()
+
+        nursery.start_soon(hold_at_most)
+        try:
+            await handler(stream).run()
+        finally:
+            release()
+            nursery.cancel_scope.cancel()
+            # As serve_listeners does: hypercorn's own close can be cancelled
+            # half-way at shutdown, and the socket must not outlive the task.
+            await trio.aclose_forcefully(stream)
 
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:
@@ -327,8 +395,7 @@ async def serve_asgi(app: Any, config: HyperConfig, sock: socket.socket, *,
     handler = partial(_TCPServer, connections, wrapped, config, context, ConnectionState({}))
     async with trio.open_nursery() as handlers:
         async with trio.open_nursery() as accept:
-            accept.start_soon(partial(trio.serve_listeners, handler, [listener],
-                                      handler_nursery=handlers))
+            accept.start_soon(_accept_loop, listener, handler, handlers)
             await shutdown_trigger()
             accept.cancel_scope.cancel()
         await context.terminated.set()

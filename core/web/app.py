@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from core.config import ServerConfig
 from core.hub import Hub
 from core.web import metrics, openapi
+from core.web._hypercorn import admitted
 from core.web.rest import Handlers, error
 from core.web.security import RateLimiter, origin_ok, request_token, token_ok
 from core.web.ws import Fanout
@@ -90,6 +91,7 @@ class Root:
         self.fanout = fanout
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        admitted()  # the request is parsed: let the next connection in
         if scope["type"] == "websocket":
             if scope["path"] == "/ws":
                 await self.fanout(scope, receive, send)
