@@ -13,7 +13,6 @@ The probe reads the API's /stats and contributes `queries_per_second` and
 
 from __future__ import annotations
 
-import http.client
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core import ComponentInfo, Launch, OptionError, OptionReader, Probe, hookimpl
-from plugins.storage import read_host_port, request
+from plugins.storage import fetch_stats, read_host_port
 
 
 @hookimpl
@@ -55,14 +54,9 @@ def start(component: ComponentInfo) -> Launch:
 @hookimpl
 def probe(component: ComponentInfo, pid: int) -> Probe:
     host, port = component.options.get("host", "127.0.0.1"), component.options.get("port", 7702)
-    try:
-        status, body = request(host, port, "GET", "/stats")
-    except (OSError, http.client.HTTPException) as exc:
-        return Probe(healthy=False, error=f"API unreachable at {host}:{port}: "
-                                          f"{exc or type(exc).__name__}")
-    if status != 200:
-        return Probe(healthy=False, error=f"API /stats answered {status}: "
-                                          f"{body.get('error', body)}")
+    body, failed = fetch_stats(host, port, "API")
+    if failed is not None:
+        return failed
     metrics = {k: float(body[k]) for k in ("queries_per_second", "avg_latency_ms") if k in body}
     if body.get("storage") != "up":
         return Probe(healthy=False, error=body.get("storage_error") or "storage engine down",

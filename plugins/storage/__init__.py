@@ -44,6 +44,19 @@ def request(host: str, port: int, method: str, path: str,
     return resp.status, body if isinstance(body, dict) else {"value": body}
 
 
+def fetch_stats(host: str, port: int, service: str) -> tuple[dict[str, Any], Probe | None]:
+    """GET /stats of a reference service; an unhealthy Probe instead when that fails."""
+    try:
+        status, body = request(host, port, "GET", "/stats")
+    except (OSError, http.client.HTTPException) as exc:
+        return {}, Probe(healthy=False, error=f"{service} unreachable at {host}:{port}: "
+                                              f"{exc or type(exc).__name__}")
+    if status != 200:
+        return {}, Probe(healthy=False, error=f"{service} /stats answered {status}: "
+                                              f"{body.get('error', body)}")
+    return body, None
+
+
 def read_host_port(opts: OptionReader, default_port: int) -> tuple[str, int]:
     """The `host` and `port` keys shared by the storage and api plugins."""
     host = opts.string("host", "127.0.0.1")
@@ -90,14 +103,9 @@ def start(component: ComponentInfo) -> Launch:
 @hookimpl
 def probe(component: ComponentInfo, pid: int) -> Probe:
     host, port = component.options.get("host", "127.0.0.1"), component.options.get("port", 7701)
-    try:
-        status, body = request(host, port, "GET", "/stats")
-    except (OSError, http.client.HTTPException) as exc:
-        return Probe(healthy=False, error=f"storage engine unreachable at {host}:{port}: "
-                                          f"{exc or type(exc).__name__}")
-    if status != 200:
-        return Probe(healthy=False, error=f"storage engine /stats answered {status}: "
-                                          f"{body.get('error', body)}")
+    body, failed = fetch_stats(host, port, "storage engine")
+    if failed is not None:
+        return failed
     metrics = {k: float(body[k]) for k in ("total_concepts", "total_associations",
                                            "storage_size_mb") if k in body}
     return Probe(healthy=True, metrics=metrics)
