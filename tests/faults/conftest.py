@@ -28,6 +28,8 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from tests.faults.helpers import Core
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: A child that lives until it is stopped.
@@ -329,3 +331,13 @@ def wait_gauge(srv: CoreServer, value: float, timeout: float = 5.0) -> None:
     while (seen := gauge(srv)) != value:
         assert time.monotonic() < deadline, f"websocket clients stay at {seen}, not {value}"
         time.sleep(0.05)
+
+
+@pytest.fixture
+def cores() -> Iterator[list[Core]]:
+    """Every Core a test starts (tests.faults.helpers.start); killed with its whole run at
+    teardown."""
+    started: list[Core] = []
+    yield started
+    for core in started:
+        core.close()

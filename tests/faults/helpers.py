@@ -16,8 +16,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -307,3 +308,35 @@ def kill_pids(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def watch_for_doubles(pid: int, key: str = "FAULT_COMP") -> Iterator[list[dict[str, list[int]]]]:
+    """Sample the children of `pid` every 2 ms; the list collects every moment
+    when one component (grouped by the `key` environment variable) had two."""
+    doubles: list[dict[str, list[int]]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            me = psutil.Process(pid)
+            while not done.is_set():
+                groups = by_env(me.children(), key)
+                if any(len(p) > 1 for p in groups.values()):
+                    doubles.append(groups)
+                time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield doubles
+    finally:
+        done.set()
+        watcher.join(5)
+
+
+def start(cores: list[Core], config: Path, *, ready: bool = True, **kwargs: object) -> Core:
+    """Start a Core on `config`, remembered in `cores` for teardown."""
+    core = Core(config, **kwargs)  # type: ignore[arg-type]
+    cores.append(core)
+    return core.wait_ready() if ready else core

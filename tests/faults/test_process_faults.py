@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -29,24 +28,10 @@ from tests.faults.helpers import (
     alive,
     by_env,
     component,
+    start,
     wait_for,
     write_config,
 )
-
-
-@pytest.fixture
-def cores() -> Iterator[list[Core]]:
-    """Every Core a test starts; killed (with its whole run) at teardown."""
-    started: list[Core] = []
-    yield started
-    for core in started:
-        core.close()
-
-
-def start(cores: list[Core], config: Path, **kwargs: object) -> Core:
-    core = Core(config, **kwargs)  # type: ignore[arg-type]
-    cores.append(core)
-    return core.wait_ready()
 
 
 def ts(iso: str) -> float:

@@ -8,7 +8,6 @@ broken config on SIGHUP. Each test names the promise of DESIGN.md it guards.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import random
@@ -16,7 +15,6 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -34,24 +32,11 @@ from tests.faults.helpers import (
     component,
     plugin_env,
     plugin_site,
+    start,
     wait_for,
+    watch_for_doubles,
     write_config,
 )
-
-
-@pytest.fixture
-def cores() -> Iterator[list[Core]]:
-    """Every Core a test starts; killed (with its whole run) at teardown."""
-    started: list[Core] = []
-    yield started
-    for core in started:
-        core.close()
-
-
-def start(cores: list[Core], config: Path, *, ready: bool = True, **kwargs: object) -> Core:
-    core = Core(config, **kwargs)  # type: ignore[arg-type]
-    cores.append(core)
-    return core.wait_ready() if ready else core
 
 
 def started_pids(core: Core) -> dict[str, list[int]]:
@@ -191,18 +176,6 @@ def test_sigterm_during_a_restart_storm(tmp_path: Path, cores: list[Core]) -> No
     body = "".join(tagged(f"r{i}", stop_timeout=2.0) for i in range(5))
     core = start(cores, write_config(tmp_path, body, interval=0.1))
     core.running_pids()
-    doubles: list[dict[str, list[int]]] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            me = psutil.Process(core.pid)
-            while not done.is_set():
-                groups = by_env(me.children(), "FAULT_COMP")
-                if any(len(p) > 1 for p in groups.values()):
-                    doubles.append(groups)
-                time.sleep(0.002)
-
     calls = 0
     lock = threading.Lock()
     term_after = 40
@@ -226,15 +199,10 @@ def test_sigterm_during_a_restart_storm(tmp_path: Path, cores: list[Core]) -> No
                 assert resp.status_code == 200, resp.text
         return None
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with watch_for_doubles(core.pid) as doubles:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(restart, range(8)))
         _assert_clean_exit(core, 15)
-    finally:
-        done.set()
-        watcher.join(5)
     assert calls >= term_after
     assert doubles == []
     assert sum(len(v) for v in started_pids(core).values()) > 5  # restarts did happen
@@ -578,18 +546,6 @@ def test_mixed_control_storm_with_reloads_settles(tmp_path: Path, cores: list[Co
     assert variants[0] != variants[1]
     core = start(cores, config)
     core.running_pids()
-    doubles: list[dict[str, list[int]]] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            me = psutil.Process(core.pid)
-            while not done.is_set():
-                groups = by_env(me.children(), "FAULT_COMP")
-                if any(len(p) > 1 for p in groups.values()):
-                    doubles.append(groups)
-                time.sleep(0.002)
-
     changed: list[str] = []
 
     def control(n: int) -> list[int]:
@@ -614,14 +570,9 @@ def test_mixed_control_storm_with_reloads_settles(tmp_path: Path, cores: list[Co
                             f"{x['time']} {x['text']}" for x in lines)) from None
         return codes
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with watch_for_doubles(core.pid) as doubles:
         with ThreadPoolExecutor(6) as pool:
             codes = [c for batch in pool.map(control, range(6)) for c in batch]
-    finally:
-        done.set()
-        watcher.join(5)
     assert set(codes) == {200}, codes
     assert doubles == []
     assert changed == ["m0"] * 12
