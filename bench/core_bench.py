@@ -26,6 +26,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.app import freeze_startup_objects  # noqa: E402
 from core.config import load  # noqa: E402
 from core.plugins import PluginManager  # noqa: E402
 from core.states import ComponentState  # noqa: E402
@@ -79,6 +80,7 @@ async def _restart(runs: int, directory: Path) -> list[float]:
         with trio.fail_after(10):
             while sup.view("c000")["pid"] is None:
                 await new_running.wait()
+        freeze_startup_objects()  # as python -m core does once it runs
         for _ in range(runs):
             await trio.sleep(0.2)  # healthy, past stable_after
             pid = sup.view("c000")["pid"]
@@ -100,17 +102,21 @@ class StepTimer(trio.abc.Instrument):
 
     def __init__(self) -> None:
         self.longest = 0.0
+        self.longest_cpu = 0.0  # CPU time of the loop thread in that same step
         self.where = ""
         self._began: float | None = None
+        self._began_cpu = 0.0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._began = time.perf_counter()
+        self._began_cpu = time.thread_time()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if self._began is not None:  # None for the step that added the instrument
             took = time.perf_counter() - self._began
             if took > self.longest:
                 self.longest, self.where = took, task.name
+                self.longest_cpu = time.thread_time() - self._began_cpu
         self._began = None
 
 
@@ -134,6 +140,7 @@ async def _tick(components: int, ticks: int, directory: Path,
             while any(sup.view(c)["health"] != "healthy" for c in sup.component_ids()):
                 await trio.sleep(0.1)
         await sup.tick()  # warm the psutil cache
+        freeze_startup_objects()  # as python -m core does once it runs
         trio.lowlevel.add_instrument(timer)
         for _ in range(ticks):
             began = time.perf_counter()
@@ -147,7 +154,8 @@ async def _tick(components: int, ticks: int, directory: Path,
     target.kill()
     target.communicate()
     return {"median_ms": statistics.median(walls), "max_ms": max(walls),
-            "longest_step_ms": timer.longest * 1000, "where": timer.where}
+            "longest_step_ms": timer.longest * 1000, "where": timer.where,
+            "longest_step_cpu_ms": timer.longest_cpu * 1000}
 
 
 def _idle(components: int, seconds: float, directory: Path) -> dict[str, float]:
@@ -216,7 +224,8 @@ def main() -> None:
             kind = "with TCP health checks" if args.health else "without health checks"
             print(f"tick with {args.components} components {kind}, {args.ticks} ticks: "
                   f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms wall; longest "
-                  f"event-loop step {r['longest_step_ms']:.2f} ms ({r['where']})")
+                  f"event-loop step {r['longest_step_ms']:.2f} ms ({r['where']}; of which "
+                  f"{r['longest_step_cpu_ms']:.2f} ms on the CPU)")
         else:
             r = _idle(args.components, args.seconds, directory)
             print(f"idle with {args.components} components for {args.seconds:g} s: supervisor "
