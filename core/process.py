@@ -28,34 +28,35 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import psutil
 import trio
 
 from core.logs import MAX_LINE, LogTail
-
-#: Environment variable that marks a process (and its descendants) as ours.
-CHILD_ENV = "CONTROL_CENTER_CHILD"
+from core.proctable import (
+    CHILD_ENV,
+    alive,
+    descendant_pids,
+    descendants,
+    fresh_scan,
+    kill,
+    marker,
+    pid_list,
+    processes,
+    scan,
+    signame,
+    this_process,
+)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 # Loaded before any fork: the child side of fork must not load libraries.
 _libc = ctypes.CDLL(None, use_errno=True)
-_me: psutil.Process = psutil.Process()
-
-
-def _self() -> psutil.Process:
-    """This process (cached; renewed in a forked copy of the interpreter)."""
-    global _me
-    if _me.pid != os.getpid():
-        _me = psutil.Process()
-    return _me
-
 
 #: This supervisor process, unique across runs (pid + start time).
-RUN_ID = f"{_me.pid}-{round(_me.create_time() * 100)}"
+RUN_ID = f"{this_process().pid}-{round(this_process().create_time() * 100)}"
 
 _counter = itertools.count(1)
 
@@ -95,111 +96,6 @@ def enable_subreaper(on: bool = True) -> bool:
     return _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
-# The last process table read, with when its reading began: a burst of stops
-# (shutdown of 200 components) shares one read through _fresh_scan().
-_scan_cache: tuple[float, dict[int, int], set[int]] = (-1.0, {}, set())
-
-
-def _scan() -> tuple[dict[int, int], set[int]]:
-    """pid -> parent pid for every process, and the zombies: one pass over /proc."""
-    global _scan_cache
-    began = time.monotonic()
-    table, zombies = {}, set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            state, ppid = data[data.rfind(b")") + 2:].split(None, 2)[:2]
-            table[int(name)] = int(ppid)
-            if state == b"Z":
-                zombies.add(int(name))
-        except (OSError, ValueError):
-            continue
-    _scan_cache = (began, table, zombies)
-    return table, zombies
-
-
-async def _fresh_scan() -> tuple[dict[int, int], set[int]]:
-    """A process table read after this call began; concurrent callers share one read.
-
-    Never older than the call: a table from before the request could miss a
-    process forked just before, which would then survive the stop.
-    """
-    asked = time.monotonic()
-    # One scheduling round lets the other stops of a burst reach this point too.
-    await trio.lowlevel.checkpoint()
-    if _scan_cache[0] >= asked:
-        return _scan_cache[1], _scan_cache[2]
-    return _scan()
-
-
-def _descendant_pids(pid: int, table: Mapping[int, int]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for child, parent in table.items():
-        children.setdefault(parent, []).append(child)
-    found = []
-    todo = list(children.get(pid, ()))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo.extend(children.get(child, ()))
-    return found
-
-
-def _processes(pids: Iterable[int]) -> list[psutil.Process]:
-    found = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            found.append(psutil.Process(pid))
-    return found
-
-
-def descendants(pid: int, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
-    """Every live descendant of `pid` (empty if `pid` is gone)."""
-    return _processes(_descendant_pids(pid, _scan()[0] if table is None else table))
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie (is_running() also guards against pid reuse)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def _marker(proc: psutil.Process) -> str | None:
-    try:
-        return proc.environ().get(CHILD_ENV)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-        return None
-
-
-def _kill(procs: Iterable[psutil.Process], sig: int) -> list[psutil.Process]:
-    """Send `sig` to each live process; returns those it reached."""
-    reached = []
-    for proc in procs:
-        if proc.pid == _self().pid or not _alive(proc):
-            continue
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            proc.send_signal(sig)
-            reached.append(proc)
-    return reached
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
-
-
-def _describe(procs: Sequence[psutil.Process]) -> str:
-    return ", ".join(str(p.pid) for p in procs)
-
-
 def stragglers(table: Mapping[int, int] | None = None) -> list[psutil.Process]:
     """Descendants of this supervisor that are neither a live child nor in a live child's group.
 
@@ -208,11 +104,11 @@ def stragglers(table: Mapping[int, int] | None = None) -> list[psutil.Process]:
     groups = set(_live)
     pids = []
     # Filter on pids first: a psutil.Process costs a /proc read, a getpgid() does not.
-    for pid in _descendant_pids(_self().pid, _scan()[0] if table is None else table):
+    for pid in descendant_pids(this_process().pid, scan()[0] if table is None else table):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if pid not in _live and os.getpgid(pid) not in groups:
                 pids.append(pid)
-    return [p for p in _processes(pids) if _alive(p)]
+    return [p for p in processes(pids) if alive(p)]
 
 
 def reap_orphans() -> list[int]:
@@ -223,7 +119,7 @@ def reap_orphans() -> list[int]:
     other code started with a plain fork and will wait for itself.
     """
     with _registry_lock:
-        return _reap_orphans(*_scan())
+        return _reap_orphans(*scan())
 
 
 def _reap_orphans(table: Mapping[int, int], zombies: set[int]) -> list[int]:
@@ -246,7 +142,7 @@ def _reap_orphans(table: Mapping[int, int], zombies: set[int]) -> list[int]:
 
 def kill_all_now() -> None:
     """SIGKILL every live child, its group and its known descendants (at exit)."""
-    table, _ = _scan()  # one table for all: the kills below cannot add processes
+    table, _ = scan()  # one table for all: the kills below cannot add processes
     for child in list(_live.values()):
         child._kill_now(table)
 
@@ -397,7 +293,7 @@ class ChildProcess:
         except BaseException:
             if self.returncode is not None and self.pid in _live:
                 # Cancelled after the exit: no leftover, no zombie stays behind.
-                self._kill_now(_scan()[0])
+                self._kill_now(scan()[0])
             raise
 
     async def wait(self) -> int:
@@ -468,11 +364,11 @@ class ChildProcess:
 
     def _ours(self, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
         """Everything still alive that this child started: seen descendants, marked orphans."""
-        found = {pid: p for pid, p in self._known.items() if _alive(p)}
+        found = {pid: p for pid, p in self._known.items() if alive(p)}
         # Members of live groups are covered by killpg (ours) or belong to another
         # child: only the rest can be an escapee of ours, recognised by its marker.
         for proc in stragglers(table):
-            if proc.pid not in found and _marker(proc) == self.marker:
+            if proc.pid not in found and marker(proc) == self.marker:
                 found[proc.pid] = proc
         return list(found.values())
 
@@ -488,24 +384,24 @@ class ChildProcess:
             if self.returncode is not None:
                 # Cancelled once the leader was gone: what it left gets SIGKILL
                 # now rather than never, and its zombie is reaped.
-                self._kill_now(_scan()[0])
+                self._kill_now(scan()[0])
             raise
 
     async def _stop(self, sig: int, timeout: float) -> int:
         deadline = trio.current_time() + timeout
-        name = _signame(sig)
+        name = signame(sig)
         self._stopping = True
-        table, _ = await _fresh_scan()
+        table, _ = await fresh_scan()
         self._remember_descendants(table)
         others = [p for p in self._ours(table) if p.pid != self.pid]
         if self.returncode is None:
             self.signal_group(sig)
-            _kill(others, sig)
+            kill(others, sig)
             extra = f" and {len(others)} descendant(s)" if others else ""
             self.log.note(f"sent {name} to process group {self.pgid}{extra}")
         elif others or self._group_alive():
             self.signal_group(sig)
-            _kill(others, sig)
+            kill(others, sig)
             self.log.note(f"pid {self.pid} exited, leaving processes behind: sent {name}, "
                           f"SIGKILL in {timeout:.1f} s")
         with trio.move_on_at(deadline):
@@ -514,7 +410,7 @@ class ChildProcess:
             # Polled (no pidfd for processes that are not our children), less
             # often as it drags on: 200 stubborn stops must not saturate the loop.
             delay = 0.01
-            while self._group_alive() or any(_alive(p) for p in others):
+            while self._group_alive() or any(alive(p) for p in others):
                 await trio.sleep(delay)
                 delay = min(delay * 1.5, 0.2)
         if self.returncode is None:
@@ -529,7 +425,7 @@ class ChildProcess:
         await self._end_leftovers()
         await self._close_output()
         self._release()
-        table, zombies = await _fresh_scan()
+        table, zombies = await fresh_scan()
         with _registry_lock:
             _reap_orphans(table, zombies)
         return self.returncode
@@ -545,20 +441,20 @@ class ChildProcess:
         # getpgid() per pid costs about a microsecond.
         for pid in psutil.pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(pid) == self.pgid and _alive(psutil.Process(pid)):
+                if os.getpgid(pid) == self.pgid and alive(psutil.Process(pid)):
                     return True
         return False
 
     async def _end_leftovers(self) -> None:
         """SIGKILL the group and every descendant still alive after the leader is gone."""
         self.signal_group(signal.SIGKILL)
-        table, _ = await _fresh_scan()
-        left = _kill(self._ours(table), signal.SIGKILL)
+        table, _ = await fresh_scan()
+        left = kill(self._ours(table), signal.SIGKILL)
         if left:
             self.log.note(f"killed {len(left)} leftover process(es) of pid {self.pid}: "
-                          f"{_describe(left)}")
+                          f"{pid_list(left)}")
             with trio.move_on_after(KILL_WAIT):
-                while any(_alive(p) for p in left):
+                while any(alive(p) for p in left):
                     await trio.sleep(0.01)
         self._known.clear()
 
@@ -573,13 +469,13 @@ class ChildProcess:
 
     def kill_now(self) -> None:
         """Synchronous SIGKILL of the group and every known descendant (used at exit)."""
-        self._kill_now(_scan()[0])
+        self._kill_now(scan()[0])
 
     def _kill_now(self, table: Mapping[int, int]) -> None:
         self._remember_descendants(table)
         procs = self._ours(table)
         self.signal_group(signal.SIGKILL)
-        _kill(procs, signal.SIGKILL)
+        kill(procs, signal.SIGKILL)
         if self.returncode is None and self._pidfd is not None:
             # Bounded: a SIGKILLed process is normally gone in microseconds.
             poller = select.poll()

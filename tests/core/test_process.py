@@ -13,7 +13,7 @@ import psutil
 import pytest
 import trio
 
-from core import process
+from core import process, proctable
 from core.logs import LogTail
 from core.process import CHILD_ENV, RUN_ID, ChildProcess, SpawnError
 from tests.core.helpers_process import REPO, alive, notes, py, wait_gone, wait_text
@@ -242,7 +242,7 @@ async def test_stop_right_after_a_grandchild_appears() -> None:
     log = LogTail(None)
     code = """setsid sh -c 'trap "" TERM; echo gc-ready; exec sleep 60' & echo gc $!; sleep 60"""
     async with trio.open_nursery() as n:
-        process._scan()
+        proctable.scan()
         child = await spawn(n, ["sh", "-c", code], log)
         gc = int((await wait_text(log, "gc ")).split()[1])
         await wait_text(log, "gc-ready")
