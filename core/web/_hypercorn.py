@@ -18,12 +18,15 @@ keep the stock behaviour.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import errno
 import fcntl
+import json
 import os
 import socket
 import termios
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +36,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.protocol import h2, h11, ws_stream
-from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -47,12 +50,41 @@ COMPRESSION: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "control_center_ws_compression", default=True)
 
 
+#: Whether refused WebSocket handshakes of the current server say why (JSON
+#: body, 426 for a version mismatch, malformed keys refused); hypercorn's
+#: behaviour is an empty 400, and a 101 for any key.
+CLEAR_ERRORS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "control_center_ws_clear_errors", default=False)
+
+
 class _Handshake(ws_stream.Handshake):
     def __init__(self, headers: list[tuple[bytes, bytes]], http_version: str) -> None:
         super().__init__(headers, http_version)
         if not COMPRESSION.get():
             # No offer seen -> no extension negotiated, no deflate state kept.
             self.extensions = None
+
+    def is_valid(self) -> bool:
+        return super().is_valid() and (not CLEAR_ERRORS.get() or self.problem() is None)
+
+    def problem(self) -> tuple[int, str] | None:
+        """Why this handshake is refused, as (status, message); None when it is fine."""
+        if self.version != b"13":
+            got = "none" if self.version is None else repr(self.version.decode("latin-1"))
+            return 426, f"unsupported Sec-WebSocket-Version {got}: this server speaks 13"
+        if self.http_version == "1.1":  # HTTP/2 (RFC 8441) has no key
+            if self.key is None:
+                return 400, "missing Sec-WebSocket-Key"
+            try:
+                nonce = base64.b64decode(self.key, validate=True)
+            except ValueError:
+                nonce = b""
+            if len(nonce) != 16:
+                return 400, "Sec-WebSocket-Key must be 16 random bytes in base64 (RFC 6455 4.1)"
+        if not super().is_valid():
+            return 400, ("not a WebSocket upgrade (HTTP/1.1 GET with Connection: Upgrade "
+                         "and Upgrade: websocket)")
+        return None
 
 
 # hypercorn looks the class up in its module at each handshake.
@@ -79,6 +111,24 @@ class _WSStream(ws_stream.WSStream):
     """
 
     _dropping = False
+
+    async def _send_error_response(self, status_code: int) -> None:
+        handshake = getattr(self, "handshake", None)
+        if not CLEAR_ERRORS.get() or status_code != 400 or not isinstance(handshake, _Handshake):
+            await super()._send_error_response(status_code)
+            return
+        status, message = handshake.problem() or (400, "bad WebSocket handshake")
+        body = json.dumps({"success": False, "error": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length",
+                   str(len(body)).encode()), (b"connection", b"close")]
+        if status == 426:
+            headers.append((b"sec-websocket-version", b"13"))  # RFC 6455 4.4
+        await self.send(Response(stream_id=self.stream_id, status_code=status,
+                                 headers=headers))
+        await self.send(Body(stream_id=self.stream_id, data=body))
+        await self.send(EndBody(stream_id=self.stream_id))
+        await self.config.log.access(self.scope, {"status": status, "headers": []},
+                                     time.time() - self.start_time)
 
     async def _handle_events(self) -> None:
         if not BOUNDED_MESSAGES.get():
@@ -386,6 +436,7 @@ async def serve_asgi(app: Any, config: HyperConfig, sock: socket.socket, *,
     """
     COMPRESSION.set(compression)
     BOUNDED_MESSAGES.set(True)
+    CLEAR_ERRORS.set(True)
     context = WorkerContext(None)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     listener: Any = trio.SocketListener(trio.socket.from_stdlib_socket(sock))

@@ -266,6 +266,16 @@ BAD_HANDSHAKES = {
     "Sec-WebSocket-Version 14": {"version": "14"},
     "no Sec-WebSocket-Version": {"version": None},
     "no Sec-WebSocket-Key": {"key": None},
+    "malformed Sec-WebSocket-Key": {"key": "abc"},
+}
+
+#: What each bad handshake must be told: status, words of the JSON error.
+EXPECTED = {
+    "Sec-WebSocket-Version 8": (426, "unsupported Sec-WebSocket-Version '8'"),
+    "Sec-WebSocket-Version 14": (426, "unsupported Sec-WebSocket-Version '14'"),
+    "no Sec-WebSocket-Version": (426, "unsupported Sec-WebSocket-Version none"),
+    "no Sec-WebSocket-Key": (400, "missing Sec-WebSocket-Key"),
+    "malformed Sec-WebSocket-Key": (400, "16 random bytes in base64"),
 }
 
 
@@ -274,8 +284,18 @@ def test_bad_handshake_gets_4xx_and_no_upgrade(srv, name):
     sock, head, rest = handshake(srv.port, **BAD_HANDSHAKES[name])  # type: ignore[arg-type]
     try:
         status = int(head.split(" ", 2)[1])
-        assert 400 <= status < 500, head
+        want_status, want_words = EXPECTED[name]
+        assert status == want_status, head
         assert "sec-websocket-accept" not in head.lower()
+        assert "content-type: application/json" in head.lower()
+        if status == 426:  # RFC 6455 4.4: say which version we speak
+            assert "sec-websocket-version: 13" in head.lower()
+        length = int(head.lower().split("content-length:")[1].split("\r\n")[0])
+        sock.settimeout(2)
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        assert want_words in json.loads(rest[:length])["error"]
+        rest = rest[length:]
         # Nothing that looks like a WebSocket frame follows. (hypercorn keeps
         # the socket until its keep-alive timeout despite "connection: close".)
         sock.settimeout(0.3)
