@@ -53,8 +53,14 @@ def wait_status(port: int, pred, timeout: float = 15) -> dict:
 
 @pytest.fixture
 def core_proc():
+    """Starts python -m core like start_core; whatever it started is ended at teardown."""
     procs: list[subprocess.Popen[str]] = []
-    yield procs
+
+    def start(tmp_path: Path, body: str, port: int) -> subprocess.Popen[str]:
+        procs.append(start_core(tmp_path, body, port))
+        return procs[-1]
+
+    yield start
     for p in procs:
         if p.poll() is None:
             p.kill()
@@ -68,8 +74,7 @@ BODY = (f'[components.a]\nplugin = "process"\ncommand = {sleeper()}\n'
 
 def test_sigterm_stops_everything_and_exits_0(tmp_path: Path, core_proc) -> None:
     port = free_port()
-    proc = start_core(tmp_path, BODY, port)
-    core_proc.append(proc)
+    proc = core_proc(tmp_path, BODY, port)
     doc = wait_status(port, lambda d: all(c["state"] == "running"
                                           for c in d["components"].values()))
     pids = [c["pid"] for c in doc["components"].values()]
@@ -86,8 +91,7 @@ def test_sigterm_stops_everything_and_exits_0(tmp_path: Path, core_proc) -> None
 
 def test_sigint_exits_0(tmp_path: Path, core_proc) -> None:
     port = free_port()
-    proc = start_core(tmp_path, BODY, port)
-    core_proc.append(proc)
+    proc = core_proc(tmp_path, BODY, port)
     wait_status(port, lambda d: d["components"]["b"]["state"] == "running")
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=20)
@@ -96,8 +100,7 @@ def test_sigint_exits_0(tmp_path: Path, core_proc) -> None:
 
 def test_sighup_reloads(tmp_path: Path, core_proc) -> None:
     port = free_port()
-    proc = start_core(tmp_path, BODY, port)
-    core_proc.append(proc)
+    proc = core_proc(tmp_path, BODY, port)
     doc = wait_status(port, lambda d: d["components"]["b"]["state"] == "running")
     pid_a = doc["components"]["a"]["pid"]
     config = tmp_path / "config.toml"
@@ -129,8 +132,7 @@ def test_port_taken_exits_2_with_a_clear_message(tmp_path: Path) -> None:
 def test_sigkill_of_supervisor_takes_children_and_next_start_is_clean(
         tmp_path: Path, core_proc) -> None:
     port = free_port()
-    proc = start_core(tmp_path, BODY, port)
-    core_proc.append(proc)
+    proc = core_proc(tmp_path, BODY, port)
     doc = wait_status(port, lambda d: all(c["state"] == "running"
                                           for c in d["components"].values()))
     pids = [c["pid"] for c in doc["components"].values()]
@@ -140,8 +142,7 @@ def test_sigkill_of_supervisor_takes_children_and_next_start_is_clean(
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(alive(p) for p in pids)
-    proc2 = start_core(tmp_path, BODY, port)
-    core_proc.append(proc2)
+    proc2 = core_proc(tmp_path, BODY, port)
     wait_status(port, lambda d: all(c["state"] == "running" for c in d["components"].values()))
     proc2.send_signal(signal.SIGTERM)
     proc2.communicate(timeout=20)
@@ -150,8 +151,7 @@ def test_sigkill_of_supervisor_takes_children_and_next_start_is_clean(
 
 def test_second_supervisor_on_same_data_dir_is_refused(tmp_path: Path, core_proc) -> None:
     port = free_port()
-    proc = start_core(tmp_path, BODY, port)
-    core_proc.append(proc)
+    proc = core_proc(tmp_path, BODY, port)
     wait_status(port, lambda d: d["components"]["a"]["state"] == "running")
     second = subprocess.run([sys.executable, "-m", "core", "--config",
                              str(tmp_path / "config.toml")], cwd=ROOT, capture_output=True,
