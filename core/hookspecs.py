@@ -93,6 +93,10 @@ def probe(component: ComponentInfo, pid: int) -> Probe | None:
     timeout; a probe that times out or raises marks the component unhealthy
     with the reason in ``error``.
 
+    The probe pass starts ahead of each snapshot, by half the interval or
+    the longest ``probe_timeout`` if shorter, so that the snapshot leaves on
+    time; a result that comes later shows in the next snapshot.
+
     :return: a ``Probe``; None means "no opinion": healthy while the process
         is alive, no metrics.
     """

@@ -211,22 +211,38 @@ class Supervisor:
     # -- the snapshot tick -----------------------------------------------------
 
     async def _tick_loop(self) -> None:
+        """A snapshot every interval, on schedule.
+
+        The measuring (probes, the process table) starts ahead of each tick
+        by its own bound, so a slow probe or a busy machine makes the figures
+        a little older, never the snapshot late: clients get one every
+        interval, as the protocol says.
+        """
         interval = self.config.server.interval
         next_at = trio.current_time() + interval
         while True:
+            await trio.sleep_until(next_at - self._measure_bound())
+            stats = await self._measure()
             await trio.sleep_until(next_at)
-            await self.tick()
+            self._publish(stats)
             next_at += interval
             now = trio.current_time()
             if next_at < now:  # a tick took longer than an interval: do not burst
                 next_at = now + interval
 
     async def tick(self) -> dict[str, Any]:
-        """One probe pass and one snapshot, published to the hub."""
-        comps = list(self._components.values())
-        deadline = min(self.config.server.interval * 0.5,
-                       max((c.cfg.probe_timeout for c in comps), default=1.0))
-        running = [c for c in comps if c.pid is not None]
+        """One probe pass and one snapshot, published to the hub at once."""
+        return self._publish(await self._measure())
+
+    def _measure_bound(self) -> float:
+        """How long a probe pass may wait for its probes."""
+        return min(self.config.server.interval * 0.5,
+                   max((c.cfg.probe_timeout for c in self._components.values()), default=1.0))
+
+    async def _measure(self) -> SystemStats:
+        """Probe the running components (bounded) and read the process table."""
+        deadline = self._measure_bound()
+        running = [c for c in self._components.values() if c.pid is not None]
         done: list[trio.Event] = []
         assert self._nursery is not None
         for comp in running:
@@ -242,6 +258,11 @@ class Supervisor:
         with trio.move_on_after(deadline):
             for ev in done:
                 await ev.wait()
+        return stats
+
+    def _publish(self, stats: SystemStats) -> dict[str, Any]:
+        """The snapshot of the current state, with `stats`, to the hub."""
+        comps = list(self._components.values())
         now = time.time()
         for comp in comps:
             pid = comp.pid

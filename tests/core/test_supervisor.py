@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from core import Launch, Probe, hookimpl
+from core.hub import Hub
 from core.states import ComponentState as S
 from core.supervisor import Supervisor
 
@@ -162,6 +163,41 @@ async def test_restart_policy_never_and_clean_exit(tmp_path: Path, plugins) -> N
     assert sup.view("clean")["exit_code"] == 0
     assert sup.view("clean")["restarts"] == 0
     assert sup.view("fails")["error"] == "exited with status 7"
+
+
+def test_snapshots_leave_on_schedule_however_long_the_measuring_takes(tmp_path: Path,
+                                                                      plugins) -> None:
+    # The probe pass starts ahead of each tick, by its bound (here half the
+    # interval): how long it takes moves the figures, not the snapshot.
+    cfg = make_config(tmp_path, "", plugins, interval=1.0)
+    hub = Hub(interval=1.0, history_seconds=0)
+    durations = [0.0, 0.3, 0.5, 0.1, 0.8, 0.0, 0.0]
+    published: list[float] = []
+
+    async def main() -> None:
+        sup = Supervisor(cfg, plugins, hub)
+        measure = sup._measure
+
+        async def slow_measure():
+            stats = await measure()
+            await trio.sleep(durations.pop(0))
+            return stats
+
+        sup._measure = slow_measure  # type: ignore[method-assign]
+        t0 = trio.current_time()
+        async with trio.open_nursery() as n:
+            await n.start(sup.run)
+            seq = 0
+            while len(published) < 7:
+                snap = await hub.wait_after(seq)
+                seq = snap.seq
+                published.append(snap.mono - t0)
+            n.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    # On time while the pass fits its bound; the one that overran (0.8 s) is
+    # late by the overrun, and the next one is back on schedule, no burst.
+    assert published == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.3, 5.0, 6.0])
 
 
 async def test_depends_on_waits_for_healthy(tmp_path: Path, plugins) -> None:
