@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fanout_doc import make_doc, raise_fd_limit  # noqa: E402
 
+from core.app import freeze_startup_objects  # noqa: E402
+from core.collector import PacedCollector  # noqa: E402
 from core.config import ServerConfig, parse  # noqa: E402
 from core.hub import Hub  # noqa: E402
 from core.plugins import PluginManager  # noqa: E402
@@ -35,9 +37,13 @@ async def main(interval: float, compression: bool) -> None:
     hub = Hub(interval=interval, history_seconds=0)
     supervisor = Supervisor(config, PluginManager(load_entry_points=False), None)
     hub.publish(make_doc())
+    collector = PacedCollector()  # as python -m core does
     async with trio.open_nursery() as nursery:
         port = await nursery.start(lambda task_status: serve(
-            supervisor, hub, server, shutdown=trio.Event(), task_status=task_status))
+            supervisor, hub, server, shutdown=trio.Event(),
+            after_fanout=collector.collect_if_due, task_status=task_status))
+        freeze_startup_objects()
+        collector.take_over()
         print(port, flush=True)
         next_at = trio.current_time() + interval
         while True:

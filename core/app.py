@@ -94,6 +94,7 @@ async def _watch_signals(supervisor: object, stop: trio.Event,
 async def serve(config_path: str | Path) -> int:
     """Run until SIGTERM/SIGINT; the exit status."""
     from core import process
+    from core.collector import PacedCollector
     from core.hub import Hub
     from core.leftovers import AlreadyRunning, RunRecord
     from core.supervisor import Supervisor
@@ -120,9 +121,12 @@ async def serve(config_path: str | Path) -> int:
     close_web = trio.Event()
     web_closed = trio.Event()
 
+    collector = PacedCollector()
+
     async def run_web(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve_web(supervisor, hub, server, shutdown=close_web, task_status=task_status)
+            await serve_web(supervisor, hub, server, shutdown=close_web,
+                            after_fanout=collector.collect_if_due, task_status=task_status)
         finally:
             web_closed.set()
 
@@ -141,6 +145,7 @@ async def serve(config_path: str | Path) -> int:
             print(f"Control Center dashboard: {scheme}://{host}:{port}/", flush=True)
             await nursery.start(supervisor.run)
             freeze_startup_objects()
+            collector.take_over()
             await stop.wait()
             with trio.CancelScope(shield=True):
                 # Bounded even if a bug kept a component from ever stopping:
@@ -159,6 +164,7 @@ async def serve(config_path: str | Path) -> int:
             nursery.cancel_scope.cancel()
     finally:
         process.kill_all_now()
+        collector.give_back()
     log.info("stopped cleanly")
     return 0
 

@@ -9,6 +9,7 @@ requests in flight and the listening socket closes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -40,8 +41,11 @@ def hypercorn_config(server: ServerConfig) -> HyperConfig:
 
 
 async def serve(supervisor: Any, hub: Hub, server: ServerConfig, *, shutdown: trio.Event,
+                after_fanout: Callable[[], object] | None = None,
                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until `shutdown` is set; reports the bound port once listening.
+
+    `after_fanout` is called after each tick's frames went out to the clients.
 
     Raises OSError naming [server] host/port when the address cannot be bound.
     """
@@ -50,7 +54,7 @@ async def serve(supervisor: Any, hub: Hub, server: ServerConfig, *, shutdown: tr
     try:
         port = sock.getsockname()[1]
         connections = Connections()
-        fanout = Fanout(hub, server, connections)
+        fanout = Fanout(hub, server, connections, after_pass=after_fanout)
         app = build_app(supervisor, hub, server, fanout)
         stop_http = trio.Event()
         async with trio.open_nursery() as nursery:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -81,8 +82,11 @@ class _Client:
 class Fanout:
     """The ASGI app behind `/ws` and the registry of its clients."""
 
-    def __init__(self, hub: Hub, server: ServerConfig, connections: Connections) -> None:
+    def __init__(self, hub: Hub, server: ServerConfig, connections: Connections,
+                 after_pass: Callable[[], object] | None = None) -> None:
         self.hub = hub
+        #: Called after each tick's fan-out pass (the paced garbage collector).
+        self.after_pass = after_pass
         self.server = server
         self.connections = connections
         self.clients: set[_Client] = set()
@@ -224,6 +228,8 @@ class Fanout:
                         client.seq = seq
                         self._partials[client] = sent
                 client.wake()
+            if self.after_pass is not None:
+                self.after_pass()
 
     async def _sender(self, client: _Client, send: Any) -> None:
         """Whatever the fan-out loop could not do at once, for one client."""

@@ -90,3 +90,43 @@ async def test_shutdown_is_bounded_with_a_client_blocking_a_send(tmp_path):
     elapsed = trio.current_time() - t0
     sock.close()
     assert 1.5 < elapsed < 6  # close_all's grace (2 s), then the cut; not forever
+
+
+async def test_after_fanout_runs_once_each_tick_is_out():
+    # The paced garbage collector runs here: after the frames went out, not
+    # before. When it is called, each client's socket already holds the tick.
+    hub = Hub(interval=10.0, history_seconds=60)
+    hub.publish({"components": {}, "metrics": {"tick": 0}})
+    shutdown = trio.Event()
+    peeked: list[tuple[int, bytes]] = []
+    client_sock: list[socket.socket] = []
+
+    def after_fanout() -> None:
+        data = b""
+        if client_sock:
+            try:
+                data = client_sock[0].recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        peeked.append((hub.latest.seq, data))
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve, None, hub, ServerConfig(port=0, interval=10.0),
+                                           shutdown=shutdown, after_fanout=after_fanout))
+        async with ws_client(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.get_message()
+            # A second handle on the client's socket, to look without reading.
+            client_sock.append(socket.fromfd(ws._stream.socket.fileno(), socket.AF_INET,
+                                             socket.SOCK_STREAM))
+            try:
+                for tick in (1, 2, 3):
+                    hub.publish({"components": {}, "metrics": {"tick": tick}})
+                    doc = json.loads(await ws.get_message())
+                    assert doc["metrics"]["tick"] == tick
+            finally:
+                client_sock.pop().close()
+        shutdown.set()
+    after_connect = [(seq, data) for seq, data in peeked if seq >= 2]
+    assert [seq for seq, _ in after_connect] == [2, 3, 4]
+    for (seq, data), tick in zip(after_connect, (1, 2, 3), strict=True):
+        assert f'"tick": {tick}'.encode() in data, (seq, data[:80])
