@@ -8,7 +8,8 @@ For each server kind and each N: the server runs in one process
 clients in another (this file, `clients` mode). Each client records connect
 time, inter-arrival of snapshots, lag (receipt time minus the snapshot's
 metrics.timestamp) and lost ticks (an inter-arrival above 1.5 intervals
-counts its missing ticks); this process samples the server's CPU and RSS
+counts its missing ticks), with its own garbage collector paused while it
+measures; this process samples the server's CPU and RSS
 with psutil over the measuring window, and for our server measures
 GET /api/status latency with the N clients connected. Everything binds
 127.0.0.1; every wait is bounded.
@@ -17,6 +18,7 @@ GET /api/status latency with the N clients connected. Everything binds
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import statistics
@@ -101,10 +103,19 @@ async def run_clients(port: int, n: int, interval: float, ticks: int) -> dict[st
             await all_connected.wait()
         connect_all = time.perf_counter() - t_start
         await trio.sleep(interval)  # settle
-        window["start"] = time.time()
-        window["end"] = window["start"] + ticks * interval
-        print(json.dumps({"window": window["start"]}), flush=True)  # tell the parent
-        await trio.sleep(ticks * interval + 0.5)
+        # No full collection of this process' own objects (N clients) while
+        # it measures: its pauses would count as the server's lag.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            window["start"] = time.time()
+            window["end"] = window["start"] + ticks * interval
+            print(json.dumps({"window": window["start"]}), flush=True)  # tell the parent
+            await trio.sleep(ticks * interval + 0.5)
+        finally:
+            gc.enable()
+            gc.unfreeze()
         for scope in scopes:
             scope.cancel()
     gaps, lags, lost, short = [], [], 0, 0
