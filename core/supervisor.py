@@ -205,12 +205,16 @@ class Supervisor:
                 if comp.cfg.autostart:
                     self._want(comp, True)
             await self.tick()
+            # The next one an interval after this one, however long the
+            # caller takes before the loop first runs (python -m core
+            # freezes its start-up objects then: 0.3 s or more).
+            first_at = trio.current_time() + self.config.server.interval
             task_status.started()
-            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._tick_loop, first_at)
 
     # -- the snapshot tick -----------------------------------------------------
 
-    async def _tick_loop(self) -> None:
+    async def _tick_loop(self, next_at: float) -> None:
         """A snapshot every interval, on schedule.
 
         The measuring (probes, the process table) starts ahead of each tick
@@ -219,7 +223,6 @@ class Supervisor:
         interval, as the protocol says.
         """
         interval = self.config.server.interval
-        next_at = trio.current_time() + interval
         while True:
             await trio.sleep_until(next_at - self._measure_bound())
             stats = await self._measure()
