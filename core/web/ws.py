@@ -229,7 +229,10 @@ class Fanout:
                         self._partials[client] = sent
                 client.wake()
             if self.after_pass is not None:
-                self.after_pass()
+                try:
+                    self.after_pass()
+                except Exception:  # must not stop the next tick's fan-out
+                    log.exception("after the fan-out pass")
 
     async def _sender(self, client: _Client, send: Any) -> None:
         """Whatever the fan-out loop could not do at once, for one client."""

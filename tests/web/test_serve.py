@@ -130,3 +130,24 @@ async def test_after_fanout_runs_once_each_tick_is_out():
     assert [seq for seq, _ in after_connect] == [2, 3, 4]
     for (seq, data), tick in zip(after_connect, (1, 2, 3), strict=True):
         assert f'"tick": {tick}'.encode() in data, (seq, data[:80])
+
+
+async def test_after_fanout_that_raises_does_not_stop_the_stream():
+    hub = Hub(interval=10.0, history_seconds=60)
+    hub.publish({"components": {}, "metrics": {"tick": 0}})
+    shutdown = trio.Event()
+
+    def after_fanout() -> None:
+        raise RuntimeError("collector trouble")
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve, None, hub, ServerConfig(port=0, interval=10.0),
+                                           shutdown=shutdown, after_fanout=after_fanout))
+        async with ws_client(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.get_message()
+            for tick in (1, 2):
+                hub.publish({"components": {}, "metrics": {"tick": tick}})
+                with trio.fail_after(5):
+                    doc = json.loads(await ws.get_message())
+                assert doc["metrics"]["tick"] == tick
+        shutdown.set()
