@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,16 @@ def start_core(tmp_path: Path, components: str = "", *, interval: float = 0.5,
     except BaseException:
         srv.stop(5)
         raise
+
+
+@contextmanager
+def serving(tmp_path: Path, components: str = "", **kwargs: Any) -> Iterator[CoreServer]:
+    """`start_core`, and at the end a clean stop: exit status 0, or the output."""
+    server = start_core(tmp_path, components, **kwargs)
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0, server.output()
 
 
 def _wait_healthy(srv: CoreServer, deadline: float) -> None:

@@ -22,7 +22,7 @@ import pytest
 import core.web
 from core.web import security
 
-from .conftest import CoreServer, component_table, start_core
+from .conftest import CoreServer, component_table, serving
 
 TOKEN = "tk-" + secrets.token_urlsafe(24)
 WRONG = {
@@ -55,12 +55,9 @@ def request(srv: CoreServer, method: str, path: str, headers: dict[str, str] | N
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreServer]:
     # autostart = false: control requests then do not start and stop real children.
-    server = start_core(tmp_path_factory.mktemp("auth"), component_table("a", autostart=False),
-                        interval=0.5, token=TOKEN, control_rate=1000.0)
-    try:
+    with serving(tmp_path_factory.mktemp("auth"), component_table("a", autostart=False),
+                 interval=0.5, token=TOKEN, control_rate=1000.0) as server:
         yield server
-    finally:
-        assert server.stop() == 0, server.output()
 
 
 def _operations(srv: CoreServer) -> list[tuple[str, str]]:

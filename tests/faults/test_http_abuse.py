@@ -23,17 +23,14 @@ import trio
 
 import core.web
 
-from .conftest import CoreServer, component_table, raise_nofile, start_core, ws_client
+from .conftest import CoreServer, component_table, raise_nofile, serving, start_core, ws_client
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreServer]:
-    server = start_core(tmp_path_factory.mktemp("http-abuse"), component_table("a"),
-                        interval=0.5)
-    try:
+    with serving(tmp_path_factory.mktemp("http-abuse"), component_table("a"),
+                 interval=0.5) as server:
         yield server
-    finally:
-        assert server.stop() == 0, server.output()
 
 
 def exchange(srv: CoreServer, data: bytes, timeout: float = 5.0) -> bytes:

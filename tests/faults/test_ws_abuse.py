@@ -30,6 +30,7 @@ from .conftest import (
     handshake,
     raise_nofile,
     read_until_closed,
+    serving,
     start_core,
     wait_gauge,
     ws_client,
@@ -53,12 +54,8 @@ def assert_serving(srv: CoreServer) -> None:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreServer]:
-    server = start_core(tmp_path_factory.mktemp("ws-abuse"), component_table("a"),
-                        interval=0.5)
-    try:
+    with serving(tmp_path_factory.mktemp("ws-abuse"), component_table("a"), interval=0.5) as server:
         yield server
-    finally:
-        assert server.stop() == 0, server.output()
 
 
 # -- invalid frames -------------------------------------------------------------------
