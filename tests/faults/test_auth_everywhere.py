@@ -12,7 +12,6 @@ import http.client
 import inspect
 import json
 import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 import core.web
 from core.web import security
 
-from .conftest import CoreServer, component_table, serving
+from .conftest import CoreServer, component_table, handshake, serving
 
 TOKEN = "tk-" + secrets.token_urlsafe(24)
 WRONG = {
@@ -129,18 +128,10 @@ def _ws_status(srv: CoreServer, query: str = "", headers: dict[str, str] | None 
     A raw handshake: trio-websocket leaves the socket of a refused handshake
     open (a ResourceWarning under -W error).
     """
-    lines = [f"GET /ws{query} HTTP/1.1", f"Host: 127.0.0.1:{srv.port}", "Upgrade: websocket",
-             "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-             "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in (headers or {}).items())]
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1])
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock, head, _ = handshake(srv.port, path=f"/ws{query}", extra=extra)
+    sock.close()
+    return int(head.split(" ", 2)[1])
 
 
 def test_websocket_handshake_needs_the_token_and_an_allowed_origin(srv):
