@@ -23,10 +23,12 @@ from starlette.websockets import WebSocket
 from core.config import ServerConfig
 from core.hub import Hub
 from core.web import metrics, openapi
-from core.web._hypercorn import admitted
 from core.web.rest import Handlers, error
 from core.web.security import RateLimiter, origin_ok, request_token, token_ok
+from core.web.supervisor_api import SupervisorAPI
 from core.web.ws import Fanout
+
+__all__ = ["SupervisorAPI", "build_app"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -84,20 +86,24 @@ class Guard:
 
 
 class Root:
-    """Dispatch: `/ws` to the fan-out, the rest to Starlette."""
+    """What reaches hypercorn: HTTP to Starlette; a WebSocket upgrade is refused.
 
-    def __init__(self, http_app: Any, fanout: Fanout) -> None:
+    `/ws` upgrades are taken by the accept loop before hypercorn sees the
+    connection; one arriving here came as a later request of a keep-alive
+    connection, or for another path.
+    """
+
+    def __init__(self, http_app: Any) -> None:
         self.http_app = http_app
-        self.fanout = fanout
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        admitted()  # the request is parsed: let the next connection in
         if scope["type"] == "websocket":
             if scope["path"] == "/ws":
-                await self.fanout(scope, receive, send)
+                refusal = error(400, "a WebSocket upgrade must be the first request of "
+                                     "its connection")
             else:
-                await WebSocket(scope, receive, send).send_denial_response(
-                    error(404, f"no WebSocket endpoint at {scope['path']}; use /ws"))
+                refusal = error(404, f"no WebSocket endpoint at {scope['path']}; use /ws")
+            await WebSocket(scope, receive, send).send_denial_response(refusal)
             return
         await self.http_app(scope, receive, send)
 
@@ -111,8 +117,9 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}")
 
 
-def build_app(supervisor: Any, hub: Hub, server: ServerConfig, fanout: Fanout) -> Root:
-    handlers = Handlers(supervisor, hub)
+def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
+              fanout: Fanout) -> Root:
+    handlers = Handlers(supervisor, hub)  # type: ignore[arg-type]  # None: hub-only tests
     registry = metrics.make_registry(hub, lambda: len(fanout.clients))
     spec = openapi.document(version())
     info = {"version": version(), "interval": hub.interval,
@@ -147,4 +154,4 @@ def build_app(supervisor: Any, hub: Hub, server: ServerConfig, fanout: Fanout) -
     ]
     http_app = Starlette(routes=routes, exception_handlers={
         HTTPException: _http_error, Exception: _server_error})
-    return Root(Guard(http_app, server), fanout)
+    return Root(Guard(http_app, server))

@@ -17,14 +17,17 @@ from starlette.routing import Route
 
 from core.errors import ConfigError, OptionError, ShuttingDown, UnknownComponent
 from core.hub import Hub
+from core.web.head import error_body
+from core.web.supervisor_api import SupervisorAPI
 
 #: `lines=` of the logs endpoint: default and maximum.
 LOG_LINES_DEFAULT = 200
 LOG_LINES_MAX = 5000
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"success": False, "error": message}, status_code=status)
+def error(status: int, message: str) -> Response:
+    """A JSON refusal, the same body as every other refusal on port 9000."""
+    return Response(error_body(message), status_code=status, media_type="application/json")
 
 
 def _int_param(request: Request, name: str, default: int | None, lo: int,
@@ -58,7 +61,7 @@ def _float_param(request: Request, name: str) -> float | None:
 class Handlers:
     """The REST endpoints of one server, bound to its supervisor and hub."""
 
-    def __init__(self, supervisor: Any, hub: Hub) -> None:
+    def __init__(self, supervisor: SupervisorAPI, hub: Hub) -> None:
         self.sup = supervisor
         self.hub = hub
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Mapping
+from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
 import trio
 
+#: The cookie a page may carry the token in (for a WebSocket, browsers send
+#: cookies but no Authorization header).
+TOKEN_COOKIE = "control_center_token"
+
 
 def request_token(headers: Mapping[str, str], query_string: bytes | str = b"") -> str | None:
-    """The token a request carries: `Authorization: Bearer` or `?token=`."""
+    """The token a request carries: `Authorization: Bearer`, `?token=` or the cookie."""
     auth = headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
@@ -27,6 +32,14 @@ def request_token(headers: Mapping[str, str], query_string: bytes | str = b"") -
         values = parse_qs(qs).get("token")
         if values:
             return values[0]
+    cookie = headers.get("cookie")
+    if cookie:
+        try:
+            morsel = SimpleCookie(cookie).get(TOKEN_COOKIE)
+        except CookieError:
+            morsel = None
+        if morsel is not None and morsel.value:
+            return morsel.value
     return None
 
 
