@@ -188,8 +188,8 @@ class Client:
                     if code == 1000:
                         return
                     if code in FINAL_CODES:
-                        raise StreamClosed(code, exc.reason.reason or "closed by the server"
-                                           ) from None
+                        said = exc.reason.reason if exc.reason else None
+                        raise StreamClosed(code, said or "closed by the server") from None
                     reason = f"connection closed ({code})"
                 except ConnectionRejected as exc:
                     raise StreamClosed(None, f"{url} refused the connection: HTTP "
