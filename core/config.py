@@ -28,6 +28,9 @@ class ServerConfig:
     token: str | None = None
     #: Origins allowed besides the page's own; "*" allows any.
     allowed_origins: tuple[str, ...] = ()
+    #: Host names this server answers to besides IP addresses and localhost
+    #: (DNS rebinding: a page whose name resolves to us gets 403).
+    allowed_hosts: tuple[str, ...] = ()
     max_clients: int = 1000
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -45,8 +48,11 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024
     #: Control requests (REST POSTs) per second per client before 429.
     control_rate: float = 20.0
-    #: WebSocket messages per second per client before close 1008.
+    #: WebSocket frames per second per client before close 1008.
     message_rate: float = 50.0
+    #: Failed token attempts per second per client address (bursts of ten
+    #: times that) before every request needing the token gets 429.
+    auth_failure_rate: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,8 @@ def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
         interval=r.number("interval", d.interval, 0.05, 3600),
         token=token,
         allowed_origins=r.strings("allowed_origins", d.allowed_origins),
+        allowed_hosts=tuple(h.lower().rstrip(".") for h in
+                            r.strings("allowed_hosts", d.allowed_hosts)),
         max_clients=r.integer("max_clients", d.max_clients, 1, 1_000_000),
         tls_cert=cert,
         tls_key=key,
@@ -247,6 +255,7 @@ def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
         max_message_bytes=r.integer("max_message_bytes", d.max_message_bytes, 64, 64 * 2**20),
         control_rate=r.number("control_rate", d.control_rate, 0.1),
         message_rate=r.number("message_rate", d.message_rate, 0.1),
+        auth_failure_rate=r.number("auth_failure_rate", d.auth_failure_rate, 0.01),
     )
 
 

@@ -19,6 +19,7 @@ from core.hub import Hub
 from core.web.app import SupervisorAPI, build_app
 from core.web.frames import GOING_AWAY
 from core.web.listener import Listener, bind
+from core.web.security import Auth
 from core.web.ws import Fanout
 
 __all__ = ["serve"]
@@ -53,7 +54,8 @@ async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig
     sock = bind(server.host, server.port, BACKLOG)
     try:
         port = sock.getsockname()[1]
-        fanout = Fanout(hub, server, after_pass=after_fanout)
+        auth = Auth(server.token, rate=server.auth_failure_rate)
+        fanout = Fanout(hub, server, auth, after_pass=after_fanout)
         listener = Listener(build_app(supervisor, hub, server, fanout), config, fanout)
         stop_http = trio.Event()
         async with trio.open_nursery() as nursery:

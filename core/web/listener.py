@@ -210,8 +210,8 @@ class Listener:
             extra = [(b"sec-websocket-version", b"13")] if status == 426 else []  # RFC 6455 4.4
             await _refuse(stream, status, message, extra)
             return
-        refusal = self.fanout.refusal(parsed)
         conn = ClientConn(stream, head, rest, self.fanout.meter())
+        refusal = self.fanout.refusal(parsed, str(conn.peer[0]) if conn.peer else "?")
         async with trio.open_nursery() as nursery:
             request = None
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
@@ -222,9 +222,10 @@ class Listener:
                     return
                 if refusal is not None:
                     status, message = refusal
-                    await request.reject(status, extra_headers=[
-                        (b"content-type", b"application/json"), (b"connection", b"close")],
-                        body=error_body(message))
+                    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+                    if status == 429:
+                        headers.append((b"retry-after", b"5"))
+                    await request.reject(status, extra_headers=headers, body=error_body(message))
                     return
                 ws = await request.accept()
                 conn.farewell = partial(_protocol_error, ws)

@@ -27,7 +27,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from core.config import ServerConfig
-from core.hub import Hub, normalise_metrics
+from core.hub import MAX_CACHED_FILTERS, Hub, normalise_metrics
 from core.web.conn import ClientConn
 from core.web.frames import (
     GOING_AWAY,
@@ -39,7 +39,14 @@ from core.web.frames import (
     text_frame,
 )
 from core.web.head import Head
-from core.web.security import RateLimiter, origin_ok, request_token, token_ok
+from core.web.security import (
+    Auth,
+    RateLimiter,
+    host_ok,
+    host_refusal,
+    origin_ok,
+    request_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +54,9 @@ log = logging.getLogger(__name__)
 STUCK_INTERVALS = 3.0
 #: Seconds to wait for the client's answer to our close frame.
 CLOSE_WAIT = 1.0
-#: Longest list in a subscription: more names than any snapshot holds is
-#: a client filling the server's memory, not a filter.
-MAX_SUBSCRIPTION_NAMES = 10_000
+#: Longest list in a subscription: more names than a snapshot holds is a
+#: client filling the server's memory, not a filter.
+MAX_SUBSCRIPTION_NAMES = 2000
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 
@@ -94,9 +101,10 @@ class _Client:
 class Fanout:
     """The `/ws` clients: who may connect, the tick's fan-out, each client's tasks."""
 
-    def __init__(self, hub: Hub, server: ServerConfig,
+    def __init__(self, hub: Hub, server: ServerConfig, auth: Auth,
                  after_pass: Callable[[], object] | None = None) -> None:
         self.hub = hub
+        self.auth = auth
         #: Called after each tick's fan-out pass (the paced garbage collector).
         self.after_pass = after_pass
         self.server = server
@@ -110,10 +118,14 @@ class Fanout:
 
     # -- admission ---------------------------------------------------------------
 
-    def refusal(self, head: Head) -> tuple[int, str] | None:
+    def refusal(self, head: Head, address: str) -> tuple[int, str] | None:
         """Why this (well-formed) handshake may not connect; None when it may."""
-        if not token_ok(self.server.token, request_token(head.headers, head.query)):
-            return 401, "missing or wrong token"
+        host = head.headers.get("host")
+        if not host_ok(host, self.server.allowed_hosts):
+            return 403, host_refusal(host)
+        denied = self.auth.check(request_token(head.headers, head.query), address)
+        if denied is not None:
+            return denied
         if not origin_ok(head.headers.get("origin"), scheme="ws" if not self.server.tls_cert
                          else "wss", host=head.headers.get("host"),
                          allowed=self.server.allowed_origins):
@@ -285,7 +297,9 @@ class Fanout:
             self._frames, self._frames_seq = {}, seq
         frame = self._frames.get(text)
         if frame is None:
-            frame = self._frames[text] = text_frame(text)
+            frame = text_frame(text)
+            if len(self._frames) < MAX_CACHED_FILTERS:  # as many as the hub caches texts
+                self._frames[text] = frame
         return frame
 
     async def _receiver(self, client: _Client) -> None:

@@ -1,0 +1,173 @@
+"""What an attack on the local surface found, each as a repro that must now fail.
+
+Each test runs the attack against a real `python -m core` on 127.0.0.1 and
+checks the server refused it and went on supervising.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import trio
+
+from .conftest import CoreServer, component_table, handshake, serving, ws_client
+
+TOKEN = "a-long-enough-token-for-tests"
+
+
+def request(srv: CoreServer, method: str, path: str, headers: dict[str, str] | None = None
+            ) -> tuple[int, dict[str, str], dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        is_json = headers.get("content-type", "").startswith("application/json")
+        return resp.status, headers, json.loads(body) if is_json else {}
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreServer]:
+    with serving(tmp_path_factory.mktemp("hardening"), component_table("a"), interval=0.5,
+                 allowed_hosts=["dashboard.example"]) as server:
+        yield server
+
+
+# -- DNS rebinding ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/"), ("GET", "/api/status"), ("GET", "/api/components/a/logs"),
+    ("POST", "/api/components/a/stop"), ("GET", "/healthz"), ("GET", "/static/app.js")])
+def test_a_foreign_host_name_is_refused_everywhere(srv, method, path):
+    status, _, body = request(srv, method, path, {"Host": f"evil.example:{srv.port}"})
+    assert status == 403 and "allowed_hosts" in body["error"], (status, body)
+
+
+def test_the_websocket_handshake_checks_host_too(srv):
+    sock, head, rest = handshake(srv.port, extra="Host: evil.example\r\n")
+    sock.close()
+    # Two Host headers are joined: never "evil.example" alone, and never a 101.
+    assert not head.startswith("HTTP/1.1 101"), head
+    sock, head, rest = handshake_with_host(srv.port, f"evil.example:{srv.port}")
+    try:
+        assert head.startswith("HTTP/1.1 403"), head
+        assert "allowed_hosts" in rest.decode(errors="replace")
+    finally:
+        sock.close()
+
+
+def handshake_with_host(port: int, host: str) -> tuple[object, str, bytes]:
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    while len(rest) < 40:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return sock, head.decode("latin-1"), rest
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "dashboard.example",
+                                  "DASHBOARD.example.", "10.1.2.3"])
+def test_addresses_localhost_and_allowed_names_pass(srv, host):
+    status, _, _ = request(srv, "GET", "/api/status", {"Host": f"{host}:{srv.port}"})
+    assert status == 200, host
+
+
+# -- framing ------------------------------------------------------------------------------
+
+def test_every_response_forbids_framing_and_foreign_scripts(srv):
+    for path in ("/", "/api/status", "/nope"):
+        _, headers, _ = request(srv, "GET", path)
+        assert headers["x-frame-options"] == "DENY", path
+        csp = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, path
+
+
+# -- subscriptions ----------------------------------------------------------------------
+
+def test_distinct_subscription_floods_leave_memory_flat(tmp_path):
+    # Ten clients subscribe again and again, as fast as the message rate lets
+    # them, each time with a large filter no other client shares. One tick
+    # (2 s) sees hundreds of distinct filters: the cache of filtered texts
+    # must not keep them all (it once took RSS from 113 MB to 605 MB).
+    with serving(tmp_path, component_table("a"), interval=2.0) as srv:
+        server = psutil.Process(srv.proc.pid)
+
+        async def flood(n: int, batch: int) -> None:
+            async with ws_client(srv.ws_url) as ws:
+                await ws.get_message()
+                for round_ in range(40):
+                    names = [f"component-{batch}-{n}-{round_}-{i:05d}" for i in range(1999)]
+                    await ws.send_message(json.dumps({"type": "subscribe",
+                                                      "components": [*names, "a"]}))
+                    await ws.get_message()
+
+        async def main(batch: int) -> None:
+            async with trio.open_nursery() as nursery:
+                for n in range(10):
+                    nursery.start_soon(flood, n, batch)
+
+        trio.run(main, 0)  # warm-up: the interpreter's own pools grow once
+        before = server.memory_info().rss
+        for batch in (1, 2):
+            trio.run(main, batch)
+        grown = (server.memory_info().rss - before) / 2**20
+    assert grown < 20, f"RSS grew {grown:.0f} MB under distinct subscriptions"
+
+
+def test_a_subscription_list_is_bounded(srv):
+    async def main() -> dict:
+        async with ws_client(srv.ws_url) as ws:
+            await ws.get_message()
+            await ws.send_message(json.dumps({"type": "subscribe",
+                                              "components": [str(i) for i in range(2001)]}))
+            while True:
+                reply = json.loads(await ws.get_message())
+                if reply.get("type") == "error":
+                    return reply
+
+    assert "more than 2000 names" in trio.run(main)["error"]
+
+
+# -- failed authentication ----------------------------------------------------------------
+
+def test_failed_tokens_are_limited_per_address(tmp_path):
+    with serving(tmp_path, component_table("a"), token=TOKEN) as srv:
+        statuses = []
+        for _ in range(40):
+            status, headers, _ = request(srv, "GET", "/api/status",
+                                         {"Authorization": "Bearer guess"})
+            statuses.append(status)
+        assert statuses[:10] == [401] * 10
+        assert statuses[-1] == 429 and headers["retry-after"]
+        # Locked out: even the right token waits (else guessing would go on at full speed).
+        status, _, _ = request(srv, "GET", "/api/status", {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 429
+        sock, head, _ = handshake_with_host(srv.port, "127.0.0.1")
+        sock.close()
+        assert head.startswith("HTTP/1.1 429"), head
+        deadline = time.monotonic() + 10
+        while request(srv, "GET", "/api/status",
+                      {"Authorization": f"Bearer {TOKEN}"})[0] != 200:
+            assert time.monotonic() < deadline, "the lockout never ended"
+            time.sleep(0.25)
