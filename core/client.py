@@ -34,6 +34,9 @@ DEFAULT_URL = "http://127.0.0.1:9000"
 #: Reconnection: first delay, factor, attempts (the seed's dashboard values).
 BASE_DELAY = 3.0
 MAX_ATTEMPTS = 10
+#: Seconds for a connection and its handshake: trio-websocket's own 60 s
+#: would leave the stream hanging when a server resets it mid-handshake.
+CONNECT_TIMEOUT = 10.0
 #: Close codes after which reconnecting would only repeat the refusal.
 FINAL_CODES = frozenset({1000, 1008})
 
@@ -176,7 +179,8 @@ class Client:
         async with send:
             while True:
                 try:
-                    async with open_websocket_url(url, ssl_context=self.ssl_context) as ws:
+                    async with open_websocket_url(url, ssl_context=self.ssl_context,
+                                                  connect_timeout=CONNECT_TIMEOUT) as ws:
                         failures = 0
                         try:
                             if not await _pump(ws, send, subscribe):

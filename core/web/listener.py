@@ -103,8 +103,9 @@ class Listener:
                     shutdown_trigger: Callable[[], Awaitable[None]]) -> None:
         """Serve on the listening `sock` until `shutdown_trigger` returns.
 
-        Then stop accepting, tell hypercorn's connections to finish and give
-        them `config.graceful_timeout` before cancelling them.
+        Then stop accepting (the socket is closed: new connections are
+        refused), tell hypercorn's connections to finish and give them
+        `config.graceful_timeout` before cancelling them.
         """
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         async with trio.open_nursery() as handlers:
@@ -112,6 +113,9 @@ class Listener:
                 accept.start_soon(self._accept_loop, listener, handlers)
                 await shutdown_trigger()
                 accept.cancel_scope.cancel()
+            # Refuse new connections at once: left in the backlog they would
+            # wait for the graceful period, then be reset.
+            await listener.aclose()
             await self.context.terminated.set()
             handlers.cancel_scope.deadline = trio.current_time() + self.config.graceful_timeout
 
@@ -130,33 +134,23 @@ class Listener:
                 log.warning("accepting connections: %s; retrying in 0.1 s", exc.strerror)
                 await trio.sleep(0.1)
                 continue
-            handlers.start_soon(self._connection, stream, places)
+            handlers.start_soon(self._connection, stream, places, handlers)
 
-    async def _connection(self, stream: trio.SocketStream, places: trio.Semaphore) -> None:
-        held = True
-
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                places.release()
-
-        async with trio.open_nursery() as nursery:
-            async def hold_at_most() -> None:
-                await trio.sleep(ADMISSION_HOLD)
-                release()
-
-            nursery.start_soon(hold_at_most)
-            try:
-                await self._route(stream, release)
-            except _GONE:
-                pass
-            finally:
-                release()
-                nursery.cancel_scope.cancel()
-                # As serve_listeners does: a close can be cancelled half-way
-                # at shutdown, and the socket must not outlive the task.
-                await trio.aclose_forcefully(stream)
+    async def _connection(self, stream: trio.SocketStream, places: trio.Semaphore,
+                          handlers: trio.Nursery) -> None:
+        release = _Place(places)
+        handlers.start_soon(release.after, ADMISSION_HOLD)
+        try:
+            await self._route(stream, release)
+        except _GONE:
+            pass
+        except Exception:  # one connection's trouble never reaches the server
+            log.exception("connection from %s: internal error", _peer(stream))
+        finally:
+            release()
+            # As serve_listeners does: a close can be cancelled half-way
+            # at shutdown, and the socket must not outlive the task.
+            await trio.aclose_forcefully(stream)
 
     async def _route(self, tcp: trio.SocketStream, release: Callable[[], None]) -> None:
         stream: trio.abc.Stream = tcp
@@ -230,12 +224,39 @@ class Listener:
                 ws = await request.accept()
                 conn.farewell = partial(_protocol_error, ws)
                 release()
-                await self.fanout.serve(ws, conn)
+                del parsed, head, rest  # not needed for the connection's life
+                await self.fanout.serve(ws, conn, nursery)
             except (*_GONE, trio_websocket.ConnectionClosed):
                 pass
             finally:
                 nursery.cancel_scope.cancel()
                 await conn.aclose()
+
+
+class _Place:
+    """A connection's admission place, given back once (when its head is read, or later)."""
+
+    __slots__ = ("_places",)
+
+    def __init__(self, places: trio.Semaphore) -> None:
+        self._places: trio.Semaphore | None = places
+
+    def __call__(self) -> None:
+        if self._places is not None:
+            self._places.release()
+            self._places = None
+
+    async def after(self, seconds: float) -> None:
+        """Give the place back after `seconds` at most, however slow the client is."""
+        await trio.sleep(seconds)
+        self()
+
+
+def _peer(stream: trio.SocketStream) -> object:
+    try:
+        return stream.socket.getpeername()
+    except OSError:
+        return "?"
 
 
 def _protocol_error(ws: trio_websocket.WebSocketConnection) -> tuple[int, str] | None:

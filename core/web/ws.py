@@ -63,7 +63,7 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 
 class _Client:
     __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "closing",
-                 "components", "conn", "metrics", "seq", "ws")
+                 "components", "conn", "metrics", "sending", "seq", "ws")
 
     def __init__(self, ws: WebSocketConnection, conn: ClientConn) -> None:
         self.ws = ws
@@ -78,7 +78,9 @@ class _Client:
         self.close_reason = ""
         #: Its tasks are done: nothing but the close frame may follow.
         self.closing = False
+        #: The receiver's scope, and the sender's (another task).
         self.cancel = trio.CancelScope()
+        self.sending = trio.CancelScope()
         self._wake = trio.Event()
 
     @property
@@ -96,6 +98,7 @@ class _Client:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self.cancel.cancel()
+        self.sending.cancel()
 
 
 class Fanout:
@@ -166,8 +169,13 @@ class Fanout:
 
     # -- one connection ----------------------------------------------------------
 
-    async def serve(self, ws: WebSocketConnection, conn: ClientConn) -> None:
-        """Serve one accepted client until it or the server closes."""
+    async def serve(self, ws: WebSocketConnection, conn: ClientConn,
+                    nursery: trio.Nursery) -> None:
+        """Serve one accepted client until it or the server closes.
+
+        Its sender runs in `nursery`, the connection's own (where
+        trio-websocket's reader runs too): one nursery per client, not three.
+        """
         client = _Client(ws, conn)
         if self.closing:
             client.close_code, client.close_reason = GOING_AWAY, "server shutting down"
@@ -180,7 +188,7 @@ class Fanout:
         self.clients.add(client)
         self._empty = trio.Event()
         try:
-            await self._serve_client(client)
+            await self._serve_client(client, nursery)
         finally:
             # Only now: until its close frame is out, the watchdog and
             # close_all must still see it (a blocked send gets its socket cut).
@@ -188,17 +196,16 @@ class Fanout:
             if not self.clients:
                 self._empty.set()
 
-    async def _serve_client(self, client: _Client) -> None:
+    async def _serve_client(self, client: _Client, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._sender, client)
         try:
             with client.cancel:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._sender, client)
-                    await self._receiver(client)
-                    nursery.cancel_scope.cancel()
+                await self._receiver(client)
         except Exception:
             log.exception("websocket client %s: internal error", client.peer)
             client.close_code, client.close_reason = INTERNAL, "internal error"
         finally:
+            client.sending.cancel()
             client.closing = True
         verdict = client.conn.meter.verdict
         if verdict is not None and client.close_code is None:
@@ -260,6 +267,14 @@ class Fanout:
 
     async def _sender(self, client: _Client) -> None:
         """Whatever the fan-out loop could not do at once, for one client."""
+        try:
+            with client.sending:
+                await self._send_when_woken(client)
+        except Exception:
+            log.exception("websocket client %s: internal error", client.peer)
+            client.stop(INTERNAL, "internal error")
+
+    async def _send_when_woken(self, client: _Client) -> None:
         hub, conn = self.hub, client.conn
         poll = hub.interval / 4
         limit = STUCK_INTERVALS * hub.interval
