@@ -207,23 +207,31 @@ def run_shard(port: int, n: int, seconds: float) -> dict[str, Any]:
 
 # -- driver ---------------------------------------------------------------------------
 
-def status_latency(port: int, count: int, spread: float) -> list[float]:
-    out = []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            conn.request("GET", "/api/status")
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                out.append((time.perf_counter() - t0) * 1000)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        time.sleep(spread)
-    return out
+def status_latency(port: int, count: int, spread: float) -> tuple[list[float], list[float]]:
+    """GET /api/status timings in ms: (each on a new connection, on one kept alive)."""
+    fresh: list[float] = []
+    kept: list[float] = []
+    alive = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _ in range(count):
+            for out, conn in ((fresh, None), (kept, alive)):
+                t0 = time.perf_counter()
+                c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                try:
+                    c.request("GET", "/api/status")
+                    resp = c.getresponse()
+                    resp.read()
+                    if resp.status == 200:
+                        out.append((time.perf_counter() - t0) * 1000)
+                except OSError:
+                    pass
+                finally:
+                    if conn is None:
+                        c.close()
+            time.sleep(spread)
+    finally:
+        alive.close()
+    return fresh, kept
 
 
 def measure(kind: str, n: int, shards: int, seconds: float, interval: float) -> dict[str, Any]:
@@ -245,7 +253,8 @@ def measure(kind: str, n: int, shards: int, seconds: float, interval: float) -> 
         time.sleep(seconds / 2)
         cpu1, t1 = proc.cpu_times(), time.monotonic()
         rss = proc.memory_info().rss / 2**20
-        status = (status_latency(port, 40, seconds / 200) if kind == "ours" else [])
+        status, status_kept = (status_latency(port, 40, seconds / 200) if kind == "ours"
+                               else ([], []))
         results = [json.loads(w.communicate(timeout=seconds + 180)[0].splitlines()[-1])
                    for w in workers]
         harness_elapsed = time.monotonic() - t0
@@ -273,6 +282,7 @@ def measure(kind: str, n: int, shards: int, seconds: float, interval: float) -> 
         # The shards' whole life (connecting included) over the window.
         "harness_cpu_pct": 100 * sum(r["cpu_s"] for r in results) / harness_elapsed,
         "status_p50_ms": statistics.median(status) if status else None,
+        "status_kept_p50_ms": statistics.median(status_kept) if status_kept else None,
         "status_n": len(status),
     }
 
@@ -293,7 +303,8 @@ def main() -> None:
     print(f"# {os.cpu_count()} cores, {args.seconds:g} s per run, interval {args.interval:g} s,"
           f" {args.shards} client processes")
     print("| N | server | connected | lost ticks | lag p50 / p99 / max (ms) | server CPU "
-          "(% / ms per tick) | RSS (MB) | harness CPU % | /api/status p50 (ms) |")
+          "(% / ms per tick) | RSS (MB) | harness CPU % | /api/status p50, new / kept-alive "
+          "connection (ms) |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows: dict[int, dict[str, dict[str, Any]]] = {}
     for n in args.n:
@@ -302,7 +313,8 @@ def main() -> None:
             rows.setdefault(n, {})[kind] = r
             if args.json:
                 print(json.dumps(r))
-            status = "-" if r["status_p50_ms"] is None else f"{r['status_p50_ms']:.1f}"
+            status = ("-" if r["status_p50_ms"] is None else
+                      f"{r['status_p50_ms']:.1f} / {r['status_kept_p50_ms']:.1f}")
             print(f"| {n} | {kind} | {r['connected']} | {r['lost_ticks']} | "
                   f"{r['lag_p50_ms']:.0f} / {r['lag_p99_ms']:.0f} / {r['lag_max_ms']:.0f} | "
                   f"{r['server_cpu_pct']:.0f} / {r['server_cpu_ms_per_tick']:.0f} | "
