@@ -32,6 +32,11 @@ class ServerConfig:
     #: (DNS rebinding: a page whose name resolves to us gets 403).
     allowed_hosts: tuple[str, ...] = ()
     max_clients: int = 1000
+    #: Open connections of every kind (0: as many as the descriptor limit
+    #: allows, less a reserve for supervision); past it, closed unread.
+    max_connections: int = 0
+    #: Open connections from one client address (0: max_connections).
+    max_connections_per_address: int = 0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: Where components keep their data (each gets data_dir/<id>) and where
@@ -244,6 +249,9 @@ def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
         allowed_hosts=tuple(h.lower().rstrip(".") for h in
                             r.strings("allowed_hosts", d.allowed_hosts)),
         max_clients=r.integer("max_clients", d.max_clients, 1, 1_000_000),
+        max_connections=r.integer("max_connections", d.max_connections, 0, 10_000_000),
+        max_connections_per_address=r.integer("max_connections_per_address",
+                                              d.max_connections_per_address, 0, 10_000_000),
         tls_cert=cert,
         tls_key=key,
         data_dir=r.path_value("data_dir", d.data_dir, base) or base,

@@ -18,6 +18,7 @@ from core.config import ServerConfig
 from core.hub import Hub
 from core.web.app import SupervisorAPI, build_app
 from core.web.frames import GOING_AWAY
+from core.web.gate import Gate, connection_budget
 from core.web.listener import Listener, bind
 from core.web.security import Auth
 from core.web.ws import Fanout
@@ -56,7 +57,9 @@ async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig
         port = sock.getsockname()[1]
         auth = Auth(server.token, rate=server.auth_failure_rate)
         fanout = Fanout(hub, server, auth, after_pass=after_fanout)
-        listener = Listener(build_app(supervisor, hub, server, fanout), config, fanout)
+        gate = Gate(connection_budget(server.max_connections),
+                    server.max_connections_per_address)
+        listener = Listener(build_app(supervisor, hub, server, fanout), config, fanout, gate)
         stop_http = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fanout.broadcast)

@@ -35,6 +35,7 @@ from hypercorn.utils import wrap_app
 
 from core.web.conn import ClientConn, Replay, TLSReplay
 from core.web.frames import INVALID_DATA, PROTOCOL_ERROR
+from core.web.gate import ADMISSION_HOLD, Gate
 from core.web.head import (
     HeadError,
     error_body,
@@ -49,16 +50,8 @@ from core.web.ws import Fanout
 
 log = logging.getLogger(__name__)
 
-#: Connections accepted but not yet past their request head. A storm of
-#: handshakes is parsed a few dozen at a time, so the tasks that serve
-#: connected clients (the tick's fan-out among them) keep their turn in
-#: trio's scheduler instead of queueing behind thousands of parsers; the rest
-#: wait in the kernel's backlog.
-ADMITTING = 32
-#: A connection holds its admission place at most this long: a client that
-#: sends its request slowly (or never) must not keep others waiting.
-ADMISSION_HOLD = 0.05
-#: Seconds for a whole request head (hypercorn's keep-alive timeout is 5 s too).
+#: Seconds for a whole request head after its first byte (hypercorn's
+#: keep-alive timeout is 5 s too).
 HEAD_TIMEOUT = 5.0
 #: Seconds for the TLS handshake, and for trio-websocket to take the head.
 HANDSHAKE_TIMEOUT = 5.0
@@ -92,9 +85,10 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
 class Listener:
     """Accepts on one socket and routes each connection by its request head."""
 
-    def __init__(self, app: Any, config: HyperConfig, fanout: Fanout) -> None:
+    def __init__(self, app: Any, config: HyperConfig, fanout: Fanout, gate: Gate) -> None:
         self.config = config
         self.fanout = fanout
+        self.gate = gate
         self.app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self.context = WorkerContext(None)
         self.ssl_context: ssl.SSLContext | None = config.create_ssl_context()
@@ -120,34 +114,45 @@ class Listener:
             handlers.cancel_scope.deadline = trio.current_time() + self.config.graceful_timeout
 
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-        """trio.serve_listeners, with at most ADMITTING connections before their head."""
-        places = trio.Semaphore(ADMITTING)
+        """trio.serve_listeners, with the gate's caps: past them, closed unread."""
         while True:
-            await places.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                places.release()
                 if exc.errno not in _RESOURCE_ERRNOS:
                     raise
                 # Out of file descriptors or memory: what serve_listeners does.
                 log.warning("accepting connections: %s; retrying in 0.1 s", exc.strerror)
                 await trio.sleep(0.1)
                 continue
-            handlers.start_soon(self._connection, stream, places, handlers)
+            address = _address(stream)
+            if self.gate.enter(address) is not None:
+                stream.socket.close()  # nothing read, nothing answered: it costs no more
+                continue
+            handlers.start_soon(self._connection, stream, address, handlers)
 
-    async def _connection(self, stream: trio.SocketStream, places: trio.Semaphore,
+    async def _connection(self, stream: trio.SocketStream, address: str,
                           handlers: trio.Nursery) -> None:
-        release = _Place(places)
-        handlers.start_soon(release.after, ADMISSION_HOLD)
         try:
-            await self._route(stream, release)
+            # Silent connections hold a descriptor, not a turn: wait for the
+            # first byte before asking for a place.
+            with trio.move_on_after(self.gate.first_byte_timeout()) as waiting:
+                await trio.lowlevel.wait_readable(stream.socket)
+            if waiting.cancelled_caught:
+                return
+            await self.gate.places.acquire()
+            release = _Place(self.gate.places)
+            handlers.start_soon(release.after, ADMISSION_HOLD)
+            try:
+                await self._route(stream, release)
+            finally:
+                release()
         except _GONE:
             pass
         except Exception:  # one connection's trouble never reaches the server
-            log.exception("connection from %s: internal error", _peer(stream))
+            log.exception("connection from %s: internal error", address)
         finally:
-            release()
+            self.gate.leave(address)
             # As serve_listeners does: a close can be cancelled half-way
             # at shutdown, and the socket must not outlive the task.
             await trio.aclose_forcefully(stream)
@@ -234,7 +239,7 @@ class Listener:
 
 
 class _Place:
-    """A connection's admission place, given back once (when its head is read, or later)."""
+    """A connection's parsing place, given back once (when its head is read, or later)."""
 
     __slots__ = ("_places",)
 
@@ -252,10 +257,11 @@ class _Place:
         self()
 
 
-def _peer(stream: trio.SocketStream) -> object:
+def _address(stream: trio.SocketStream) -> str:
+    """The client's address, without its port ("?" when the socket is already gone)."""
     try:
-        return stream.socket.getpeername()
-    except OSError:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, IndexError):
         return "?"
 
 

@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +124,8 @@ _ANNOUNCE = re.compile(r"Control Center dashboard: https?://127\.0\.0\.1:(\d+)/"
 
 
 def start_core(tmp_path: Path, components: str = "", *, interval: float = 0.5,
-               timeout: float = 20.0, name: str = "core", **server: object) -> CoreServer:
+               timeout: float = 20.0, name: str = "core",
+               preexec_fn: Callable[[], object] | None = None, **server: object) -> CoreServer:
     """Write a config under `tmp_path` and start `python -m core` on it.
 
     `server` keys go to `[server]` (port 0 unless given). Returns once the
@@ -144,7 +145,7 @@ def start_core(tmp_path: Path, components: str = "", *, interval: float = 0.5,
     with output.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "core", "--config", str(config)],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)
     token = settings.get("token")
     srv = CoreServer(proc, 0, config, output, data_dir, log_dir,
                      token=token if isinstance(token, str) else None)

@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import resource
+import signal
+import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
 import trio
 
-from .conftest import CoreServer, component_table, handshake, serving, ws_client
+from .conftest import (
+    CoreServer,
+    component_table,
+    handshake,
+    raise_nofile,
+    serving,
+    ws_client,
+)
 
 TOKEN = "a-long-enough-token-for-tests"
 
@@ -171,3 +183,95 @@ def test_failed_tokens_are_limited_per_address(tmp_path):
                       {"Authorization": f"Bearer {TOKEN}"})[0] != 200:
             assert time.monotonic() < deadline, "the lockout never ended"
             time.sleep(0.25)
+
+
+# -- descriptors: idle and silent connections -------------------------------------------
+
+def _idle_sockets(port: int, n: int) -> list[socket.socket]:
+    """Open `n` connections that never send a byte (as fast as the kernel takes them)."""
+    opened = []
+    for _ in range(n):
+        sock = socket.socket()
+        sock.settimeout(5)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        opened.append(sock)
+    return opened
+
+
+def _supervising(srv: CoreServer, cid: str = "a") -> None:
+    """The child of `cid` killed with SIGKILL is replaced: the tick and spawns still work."""
+    def pid() -> int | None:
+        status, _, body = request(srv, "GET", f"/api/components/{cid}")
+        return body.get("pid") if status == 200 else None
+
+    deadline = time.monotonic() + 20
+    while (old := _retrying(pid, deadline)) is None:
+        time.sleep(0.1)
+    os.kill(old, signal.SIGKILL)
+    while _retrying(pid, deadline) in (None, old):
+        assert time.monotonic() < deadline, "the killed child was never replaced"
+        time.sleep(0.1)
+
+
+def _retrying(fn: Any, deadline: float) -> Any:
+    while True:
+        try:
+            return fn()
+        except OSError:
+            assert time.monotonic() < deadline, "the server stopped answering"
+            time.sleep(0.1)
+
+
+def test_idle_connections_past_the_descriptor_limit_do_not_kill_the_supervisor(tmp_path):
+    # 1,000 silent sockets against a supervisor limited to 512 descriptors:
+    # it once died of EMFILE in the tick's /proc scan, stopping every component.
+    raise_nofile(4096)
+    limit = (512, 512)
+    with serving(tmp_path, component_table("a"), preexec_fn=lambda: resource.setrlimit(
+            resource.RLIMIT_NOFILE, limit)) as srv:
+        idle = _idle_sockets(srv.port, 1000)
+        try:
+            assert srv.alive(), srv.output()
+            _supervising(srv)
+        finally:
+            for sock in idle:
+                sock.close()
+        assert "refusing connections" in srv.output()
+        assert "Too many open files" not in srv.output(), srv.output()
+
+
+def test_five_thousand_idle_connections_at_the_default_limits(tmp_path):
+    raise_nofile(8192)
+    with serving(tmp_path, component_table("a")) as srv:
+        idle = _idle_sockets(srv.port, 5000)
+        try:
+            assert len(idle) == 5000
+            started = time.monotonic()
+            assert request(srv, "GET", "/healthz")[0] == 200
+            assert time.monotonic() - started < 2
+            _supervising(srv)
+        finally:
+            for sock in idle:
+                sock.close()
+        assert "Traceback" not in srv.output(), srv.output()
+
+
+def test_silent_connections_are_dropped_and_take_no_turn(tmp_path):
+    with serving(tmp_path, component_table("a"), max_connections=100) as srv:
+        idle = _idle_sockets(srv.port, 60)  # past half the cap: under pressure
+        try:
+            # Others are served at once: the silent ones hold no parsing place.
+            started = time.monotonic()
+            assert request(srv, "GET", "/healthz")[0] == 200
+            assert time.monotonic() - started < 1
+            # Under pressure the wait for a first byte is short: they are closed.
+            for sock in idle:
+                sock.settimeout(5)
+                assert sock.recv(1) == b""
+        finally:
+            for sock in idle:
+                sock.close()
