@@ -26,6 +26,8 @@ class ServerConfig:
     port: int = 9000
     interval: float = 2.0
     token: str | None = None
+    #: Where the token came from when read from [server] token_file.
+    token_file: Path | None = None
     #: Origins allowed besides the page's own; "*" allows any.
     allowed_origins: tuple[str, ...] = ()
     #: Host names this server answers to besides IP addresses and localhost
@@ -222,6 +224,21 @@ def _parse_signal(reader: _Reader, key: str, default: int) -> int:
         raise reader.error(key, f"unknown signal {value!r}{suffix}") from None
 
 
+def _read_token(r: _Reader, path: Path) -> str:
+    """The token in `path` (its first line; kept out of config.toml, ps and environments)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise r.error("token_file", f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise r.error("token_file", f"{path} is not UTF-8 text") from None
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise r.error("token_file", f"{path} is empty: expected the token on its first line")
+    return token
+
+
 def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
     r = _Reader(path, "server", table)
     r.check_keys(_SERVER_KEYS)
@@ -240,11 +257,18 @@ def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
                       "compressed (permessage-deflate cost +37 % server CPU and ~200 KB per "
                       "client); remove the key")
     token = r.string("token", None)
+    token_file = r.path_value("token_file", None, base)
+    if token_file is not None:
+        if token is not None:
+            raise r.error("token_file", "token and token_file are two ways of giving one "
+                                        "token: set one of them")
+        token = _read_token(r, token_file)
     return ServerConfig(
         host=r.string("host", d.host),
         port=r.integer("port", d.port, 0, 65535),
         interval=r.number("interval", d.interval, 0.05, 3600),
         token=token,
+        token_file=token_file,
         allowed_origins=r.strings("allowed_origins", d.allowed_origins),
         allowed_hosts=tuple(h.lower().rstrip(".") for h in
                             r.strings("allowed_hosts", d.allowed_hosts)),

@@ -275,3 +275,32 @@ def test_silent_connections_are_dropped_and_take_no_turn(tmp_path):
         finally:
             for sock in idle:
                 sock.close()
+
+
+# -- the token kept out of config.toml --------------------------------------------------
+
+def test_token_file_is_the_token_and_mistakes_name_the_key(tmp_path):
+    from core.config import load
+    from core.errors import ConfigError
+
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\ntoken_file = "token"\n')
+    assert load(path).server.token == TOKEN
+    for text, words in (('token = "x"\ntoken_file = "token"', "set one of them"),
+                        ('token_file = "missing"', "cannot read"),
+                        ('token_file = "empty"', "is empty")):
+        (tmp_path / "empty").write_text("\n")
+        path.write_text(f"[server]\n{text}\n")
+        with pytest.raises(ConfigError) as refused:
+            load(path)
+        assert "server.token_file" in str(refused.value) and words in str(refused.value)
+
+
+def test_a_token_from_a_file_guards_the_api(tmp_path):
+    (tmp_path / "token").write_text(TOKEN)
+    with serving(tmp_path, component_table("a"), token_file=str(tmp_path / "token")) as srv:
+        assert request(srv, "GET", "/api/status")[0] == 401
+        assert request(srv, "GET", "/api/status", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert TOKEN not in srv.output()
