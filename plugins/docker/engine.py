@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -53,6 +54,10 @@ STOP_MARGIN = 1.0
 
 _client_lock = threading.Lock()
 _client: docker.DockerClient | None = None
+
+
+_OS_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+_OS_REASON_TUPLE = re.compile(r"Error\(-?\d+, '([^']+)'")
 
 
 class EngineError(Exception):
@@ -94,10 +99,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     text = str(exc)
-    # The SDK nests requests' errors; the innermost reason is the useful part.
-    for marker in ("Connection aborted.', ", "Caused by "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
+    # The SDK nests urllib3's errors in requests' in its own: the OS's words are the
+    # useful part ("Connection refused", "No such file or directory").
+    found = _OS_REASON.search(text) or _OS_REASON_TUPLE.search(text)
+    if found:
+        return found.group(1).strip()
     return text.strip(" ()'\"") or type(exc).__name__
 
 

@@ -90,6 +90,8 @@ class Follower:
         self.grace = grace
         self.events = events
         self.pumps: list[threading.Thread] = []
+        #: The last chunk copied per stream (1: stdout, 2: stderr).
+        self.last: dict[int, bytes] = {1: b"", 2: b""}
 
     def start(self) -> None:
         for fd in (1, 2):
@@ -104,6 +106,7 @@ class Follower:
             for chunk in self.api.logs(self.container, stdout=fd == 1, stderr=fd == 2,
                                        stream=True, follow=True):
                 _write_all(fd, chunk)
+                self.last[fd] = chunk
         except docker.errors.NotFound:
             pass
         except (requests.exceptions.RequestException, docker.errors.DockerException,
@@ -146,6 +149,7 @@ class Follower:
             say(f"lost the Docker engine: {event[1]}")
         for pump in self.pumps:
             pump.join(DRAIN_WAIT)
+        self.copy_unterminated()
         self.report_end()
         self.remove()
         if code is None or not 0 <= code <= 255:
@@ -175,6 +179,17 @@ class Follower:
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             say(f"stopping the container failed: {exc}")
             return None
+
+    def copy_unterminated(self) -> None:
+        """The last line of each stream if it had no newline (the engine 20.10's follow
+        stream ends without it; it is in the log once the container has exited)."""
+        for fd in (1, 2):
+            with contextlib.suppress(requests.exceptions.RequestException,
+                                     docker.errors.DockerException):
+                last = self.api.logs(self.container, stdout=fd == 1, stderr=fd == 2,
+                                     stream=False, tail=1)
+                if last and not last.endswith(b"\n") and not self.last[fd].endswith(last):
+                    _write_all(fd, last)
 
     def report_end(self) -> None:
         with contextlib.suppress(requests.exceptions.RequestException,
