@@ -24,6 +24,9 @@ the core: the launched process's stdout and stderr), and the core's restart
 policy applies as to any process (the container's own policy is "no"). The
 probe looks at the container's state, its Docker health status when the
 image defines a HEALTHCHECK, and its CPU, memory and pids (stats API).
+The stop hook only makes sure the follower is ready for the core's stop
+signal, on which it runs `docker stop` within the component's stop_timeout,
+then kill, then remove.
 
 The engine is DOCKER_HOST's (the local socket by default; tcp:// and
 ssh:// reach an engine on another machine). See docs/docker.md.
@@ -32,16 +35,20 @@ ssh:// reach an engine on another machine). See docs/docker.md.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from core import ComponentInfo, Launch, Probe, hookimpl
 from plugins.docker import engine
+from plugins.docker.follow import STOP_SIGNALS
 from plugins.docker.instance import instance_id
 from plugins.docker.options import read_options
 
 FOLLOW = Path(__file__).resolve().with_name("follow.py")
+#: The longest the stop hook waits for a follower to catch its signals.
+READY_WAIT = 5.0
 
 #: component id -> its current container's id (the last start of this process).
 _containers: dict[str, str] = {}
@@ -78,6 +85,34 @@ def start(component: ComponentInfo) -> Launch:
     for line in started.removed:
         argv += ["--note", line]
     return Launch(argv=tuple(argv))
+
+
+def _catches_stop_signals(pid: int) -> bool | None:
+    """Whether `pid` has its handlers for the stop signals yet; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    caught = int(line.split()[1], 16)
+                    return all(caught >> (sig - 1) & 1 for sig in STOP_SIGNALS)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return False
+
+
+@hookimpl
+def stop(component: ComponentInfo, pid: int) -> None:
+    """Wait until the follower catches the stop signal, so that the core's signal
+    that comes next is a docker stop and not the follower's death.
+
+    A Python process installs its handlers some 30 ms after it was spawned (a
+    stop right after a start would otherwise kill it then, leaving the
+    container running until the next start). The core bounds this hook by
+    half the stop_timeout; the follower normally is ready long before.
+    """
+    deadline = time.monotonic() + min(READY_WAIT, _stop_timeout(component) / 2)
+    while _catches_stop_signals(pid) is False and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 @hookimpl

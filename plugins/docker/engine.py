@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -272,12 +271,60 @@ class Observation:
     pids: int | None
 
 
-#: container id -> (cpu usage in ns, monotonic time) of its last probe.
-_last_cpu: dict[str, tuple[int, float]] = {}
-_cpu_lock = threading.Lock()
+class _StatsCache:
+    """The engine's latest figures per container, fetched beside the probe, not in it.
+
+    A one-shot stats request waits for the engine's next collection cycle
+    (measured on dockerd 20.10: 1.0 s, as long as the default probe_timeout),
+    so the probe never waits for one: it takes the last sample that arrived
+    and starts the next fetch in a thread of its own (one at a time per
+    container). The figures are therefore up to one probe interval plus a
+    second old.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: container id -> (previous sample, latest sample, a fetch under way)
+        self._entries: dict[str, list[Any]] = {}
+
+    def latest(self, container_id: str) -> tuple[Mapping[str, Any] | None,
+                                                 Mapping[str, Any] | None]:
+        """(previous, latest) samples; starts a fetch unless one is under way."""
+        with self._lock:
+            entry = self._entries.setdefault(container_id, [None, None, False])
+            previous, current, busy = entry
+            if not busy:
+                entry[2] = True
+                threading.Thread(target=self._fetch, args=(container_id,), daemon=True,
+                                 name=f"docker-stats-{container_id[:12]}").start()
+        return previous, current
+
+    def _fetch(self, container_id: str) -> None:
+        sample = None
+        try:
+            sample = client().api.stats(container_id, stream=False, one_shot=True)
+        except Exception as exc:  # the next probe tries again; inspect reports the engine
+            log.debug("stats of %s failed: %s", container_id[:12], _reason(exc))
+        with self._lock:
+            entry = self._entries.get(container_id)
+            if entry is None:
+                return  # forgotten meanwhile
+            if isinstance(sample, dict) and sample.get("read", "").startswith("0001-"):
+                sample = None  # the container stopped before the engine read it
+            if sample is not None:
+                entry[0], entry[1] = entry[1], sample
+            entry[2] = False
+
+    def forget(self, container_id: str) -> None:
+        with self._lock:
+            self._entries.pop(container_id, None)
 
 
-def _started_at(text: str) -> float | None:
+_stats = _StatsCache()
+
+
+def _timestamp(text: str) -> float | None:
+    """Seconds since the epoch of the engine's RFC 3339 time (nanoseconds kept to µs)."""
     if not text or text.startswith("0001-"):
         return None
     head, _, frac = text.rstrip("Z").partition(".")
@@ -288,7 +335,7 @@ def _started_at(text: str) -> float | None:
 
 
 def observe(container_id: str) -> Observation:
-    """State and health (inspect) and CPU, memory, pids (one-shot stats)."""
+    """State and health (inspect, waited for) and the last CPU, memory, pids (stats)."""
     api = client().api
     info = _api_call("inspecting the container", api.inspect_container, container_id)
     state = info.get("State") or {}
@@ -299,35 +346,37 @@ def observe(container_id: str) -> Observation:
         output = (health["Log"][-1].get("Output") or "").strip()[-300:] or None
     cpu = memory = pids = None
     if status == "running":
-        stats = _api_call("reading container stats", api.stats, container_id, stream=False,
-                          one_shot=True)
-        cpu = _cpu_percent(container_id, stats, _started_at(state.get("StartedAt", "")))
-        memory = _memory_mb(stats)
-        pids = (stats.get("pids_stats") or {}).get("current")
+        previous, current = _stats.latest(container_id)
+        if current is not None:
+            cpu = _cpu_percent(previous, current, _timestamp(state.get("StartedAt", "")))
+            memory = _memory_mb(current)
+            pids = (current.get("pids_stats") or {}).get("current")
     else:
-        with _cpu_lock:
-            _last_cpu.pop(container_id, None)
+        _stats.forget(container_id)
     return Observation(status=status, health=health.get("Status"), health_output=output,
                        exit_code=state.get("ExitCode"), oom_killed=bool(state.get("OOMKilled")),
                        cpu_percent=cpu, memory_mb=memory, pids=pids)
 
 
-def _cpu_percent(container_id: str, stats: Mapping[str, Any], started: float | None
-                 ) -> float | None:
-    """Percent of one CPU since the last probe (like psutil's), or since the start."""
-    usage = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
-    if not isinstance(usage, int):
+def _usage(sample: Mapping[str, Any] | None) -> tuple[int, float] | None:
+    if sample is None:
         return None
-    now = time.monotonic()
-    with _cpu_lock:
-        last = _last_cpu.get(container_id)
-        _last_cpu[container_id] = (usage, now)
-    if last is not None and now > last[1]:
-        return round(max(0.0, (usage - last[0]) / ((now - last[1]) * 1e9) * 100), 1)
-    if started is None:
+    usage = ((sample.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+    read = _timestamp(sample.get("read", ""))
+    return (usage, read) if isinstance(usage, int) and read is not None else None
+
+
+def _cpu_percent(previous: Mapping[str, Any] | None, current: Mapping[str, Any],
+                 started: float | None) -> float | None:
+    """Percent of one CPU (like psutil's) between two samples, or since the start."""
+    now, before = _usage(current), _usage(previous)
+    if now is None:
         return None
-    elapsed = time.time() - started
-    return round(usage / (elapsed * 1e9) * 100, 1) if elapsed > 0 else None
+    if before is not None and now[1] > before[1] and now[0] >= before[0]:
+        return round((now[0] - before[0]) / ((now[1] - before[1]) * 1e9) * 100, 1)
+    if started is None or now[1] <= started:
+        return None
+    return round(now[0] / ((now[1] - started) * 1e9) * 100, 1)
 
 
 def _memory_mb(stats: Mapping[str, Any]) -> float | None:
@@ -345,5 +394,5 @@ def _memory_mb(stats: Mapping[str, Any]) -> float | None:
 
 
 def forget(container_id: str) -> None:
-    with _cpu_lock:
-        _last_cpu.pop(container_id, None)
+    """Drop what is kept of a container that is gone."""
+    _stats.forget(container_id)

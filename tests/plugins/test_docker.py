@@ -94,6 +94,19 @@ def test_start_serves_then_stop_removes_the_container(
     assert one_container(docker_client, "web")["Id"] != item["Id"]
 
 
+def test_a_stop_right_after_the_start_still_removes_the_container(
+        docker_cores: DockerCores, docker_client: Any, busybox_image: str) -> None:
+    core = docker_cores.start(docker_table("quick", busybox_image, autostart=False,
+                                           command=httpd(free_port())))
+    for _ in range(3):
+        core.post("/api/components/quick/start")
+        core.wait_state("quick", lambda c: c["state"] == "running", 15, "running")
+        core.post("/api/components/quick/stop")  # within milliseconds of the spawn
+        view = core.wait_state("quick", lambda c: c["state"] == "stopped", 15, "stopped")
+        assert view["exit_code"] == 0, core.notes("quick")
+        assert containers_of(docker_client, "quick") == []
+
+
 def test_a_killed_container_is_restarted_by_the_core(
         docker_cores: DockerCores, docker_client: Any, busybox_image: str) -> None:
     port = free_port()
@@ -206,7 +219,11 @@ def test_leftovers_of_a_killed_supervisor_are_removed_at_the_next_start(
              10, "the old containers to be removed")
     assert len(containers_of(docker_client, "a")) == 1
     assert containers_of(docker_client, "b") == []
-    removed = [t for s, t in lines(second, "a") if "removed container" in t]
+    def notes() -> list[str]:
+        found = [t for s, t in lines(second, "a") if "removed container" in t]
+        return found if len(found) >= 2 else []
+
+    removed = wait_for(notes, 10, "the follower's notes of what was removed")
     assert any("'a'" in t and "earlier run" in t for t in removed), removed
     assert any("'b'" in t and "earlier run" in t for t in removed), removed
 
