@@ -247,6 +247,7 @@ def create_and_start(*, component_id: str, instance: str, options: Mapping[str, 
         if isinstance(exc, docker.errors.APIError):
             raise EngineError(f"cannot start the container: {_reason(exc)}") from None
         raise
+    _stats.latest(cid)  # the first sample is on its way before the first probe
     return Started(id=cid, name=name, removed=tuple(removed))
 
 
