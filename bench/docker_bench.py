@@ -1,6 +1,6 @@
 """Docker plugin figures: start to serving, restart after kill, the probe's cost.
 
-    python bench/docker_bench.py [--runs 10] [--containers 20] [--passes 20]
+    python bench/docker_bench.py [--runs 10] [--containers 20] [--passes 10] [--interval 2]
 
 Needs a live engine (DOCKER_HOST or the local socket; .ci/run starts one)
 and a static busybox (the image is made with `docker import`, as in the
@@ -13,9 +13,11 @@ tests). Side by side in one run:
 - restart: SIGKILL of the container (`docker kill`) until the httpd answers
   again from a new one, after a stable run (the core restarts at once); beside
   it, SIGKILL of the host httpd of the `process` component.
-- probe: the plugin's probe hook (inspect + one-shot stats) over N running
-  containers, one by one and 16 at a time as the core runs them: wall time per
-  probe, and CPU per probe in this process and in dockerd + containerd.
+- probe: the plugin's probe hook over N running containers, a pass every
+  interval, one by one and 16 at a time as the core runs them: wall time per
+  probe (one inspect; the stats fetch it starts runs beside it), and CPU per
+  probe in this process and in dockerd + containerd, over what they use
+  with the same containers unprobed.
 
 Every loop is bounded in count and time; the supervisors and containers it
 starts are ended (by pid, by label) before it returns.
@@ -227,7 +229,7 @@ def cpu_of(procs: list[psutil.Process]) -> float:
     return total
 
 
-def bench_probe(img: str, containers: int, passes: int, tmp: Path) -> None:
+def bench_probe(img: str, containers: int, passes: int, interval: float, tmp: Path) -> None:
     infos = []
     for i in range(containers):
         options = read_options({"image": img, "command": ["sleep", "600"],
@@ -239,8 +241,16 @@ def bench_probe(img: str, containers: int, passes: int, tmp: Path) -> None:
         infos.append(info)
     engine = engine_pids()
     try:
-        for info in infos:  # a first sample per container, as after its start
-            docker_plugin.probe(info, 0)
+        time.sleep(2 * interval)  # the first samples are in
+        # What the engine and this process cost with the containers running, unprobed.
+        cpu0, eng0 = time.process_time(), cpu_of(engine)
+        time.sleep(passes * interval)
+        base_cpu, base_eng = time.process_time() - cpu0, cpu_of(engine) - eng0
+        calls = containers * passes
+        print(f"probe, {containers} running containers, {passes} passes {interval:g} s apart "
+              f"(as the core's tick; each probe then starts one stats fetch):")
+        print(f"  unprobed for {passes * interval:g} s: dockerd+containerd "
+              f"{base_eng / (passes * interval) * 100:.1f} % of a CPU")
         for threads in (1, 16):
             walls: list[float] = []
             pass_walls: list[float] = []
@@ -249,21 +259,24 @@ def bench_probe(img: str, containers: int, passes: int, tmp: Path) -> None:
                 began = time.perf_counter()
                 result = docker_plugin.probe(info, 0)
                 walls.append(time.perf_counter() - began)
-                assert result.healthy, result
+                assert result.healthy and "memory_mb" in result.metrics, result
 
             cpu0, eng0 = time.process_time(), cpu_of(engine)
+            next_at = time.monotonic()
             with ThreadPoolExecutor(threads) as pool:
                 for _ in range(passes):
+                    time.sleep(max(0.0, next_at - time.monotonic()))
+                    next_at += interval
                     began = time.perf_counter()
                     list(pool.map(one, infos))
                     pass_walls.append(time.perf_counter() - began)
-            cpu1, eng1 = time.process_time(), cpu_of(engine)
-            calls = containers * passes
-            print(f"probe, {containers} containers x {passes} passes, {threads} thread(s):")
-            print(f"  per probe wall                           {summary(walls)}")
-            print(f"  per pass of {containers} wall                      {summary(pass_walls)}")
-            print(f"  CPU per probe: this process {(cpu1 - cpu0) / calls * 1000:.2f} ms, "
-                  f"dockerd+containerd {(eng1 - eng0) / calls * 1000:.2f} ms")
+                time.sleep(max(0.0, next_at - time.monotonic()))  # the last fetches end
+            cpu = time.process_time() - cpu0 - base_cpu
+            eng = cpu_of(engine) - eng0 - base_eng
+            print(f"  {threads:2d} thread(s): per probe wall       {summary(walls)}")
+            print(f"              per pass of {containers} wall  {summary(pass_walls)}")
+            print(f"              CPU per probe, over the unprobed run: this process "
+                  f"{cpu / calls * 1000:.2f} ms, dockerd+containerd {eng / calls * 1000:.2f} ms")
     finally:
         client = docker.from_env()
         for item in client.api.containers(all=True, filters={"label": f"{LABEL}={TOKEN}"}):
@@ -275,7 +288,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--containers", type=int, default=20)
-    parser.add_argument("--passes", type=int, default=20)
+    parser.add_argument("--passes", type=int, default=10)
+    parser.add_argument("--interval", type=float, default=2.0)
     args = parser.parse_args()
     client = docker.from_env()
     version = client.version()
@@ -285,7 +299,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cc-docker-bench-") as tmp:
         try:
             bench_lifecycle(client, img, args.runs, Path(tmp))
-            bench_probe(img, args.containers, args.passes, Path(tmp))
+            bench_probe(img, args.containers, args.passes, args.interval, Path(tmp))
         finally:
             for item in client.api.containers(all=True,
                                               filters={"label": f"{LABEL}={TOKEN}"}):
