@@ -121,9 +121,13 @@ class Follower:
             except docker.errors.NotFound:
                 self.events.put(("gone",))
                 return
-            except requests.exceptions.ReadTimeout:
-                continue
             except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+                # A wait that simply lasted WAIT_CHUNK ends the same way as a lost
+                # engine (the SDK's unix socket reports both as ConnectionError):
+                # whether the engine still answers tells them apart.
+                if self._engine_answers():
+                    failures = 0
+                    continue
                 failures += 1
                 if failures > RECONNECTS:
                     self.events.put(("engine", str(exc)))
@@ -133,6 +137,12 @@ class Follower:
             self.events.put(("exit", result.get("StatusCode"),
                              (result.get("Error") or {}).get("Message")))
             return
+
+    def _engine_answers(self) -> bool:
+        try:
+            return bool(self.api.ping())
+        except (requests.exceptions.RequestException, docker.errors.DockerException):
+            return False
 
     def run(self) -> int:
         event = self.events.get()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -309,3 +311,39 @@ def test_shutdown_stops_and_removes_every_container(
     assert containers_of(docker_client) == []
     assert not any(p.is_running() for p in core.leftovers())
     assert os.path.exists(core.config.parent / "data" / "instance-id")
+
+
+def test_the_follower_outlives_its_wait_requests(docker_client: Any, busybox_image: str) -> None:
+    """A wait request that ends after WAIT_CHUNK is not a lost engine (here 1 s, not 1 h)."""
+    made = docker_client.api.create_container(
+        busybox_image, command=["sh", "-c", "trap 'exit 0' TERM; echo up; sleep 600 & wait"],
+        labels={TEST_LABEL: SESSION},
+        host_config=docker_client.api.create_host_config(network_mode="none"))
+    docker_client.api.start(made["Id"])
+    code = ("import sys; sys.path.insert(0, 'plugins/docker'); import follow; "
+            "follow.WAIT_CHUNK = 1; follow.RECONNECTS = 1; sys.exit(follow.main(sys.argv[1:]))")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", code, made["Id"], "--grace", "1"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(4.5)  # four wait requests ended meanwhile
+        assert proc.poll() is None, proc.communicate()
+        wait_for(lambda: _catches_term(proc.pid), 10, "the follower's handlers")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, err
+    assert out == b"up\n"
+    assert b"docker stop" in err
+    assert containers_of(docker_client) == []
+
+
+def _catches_term(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
