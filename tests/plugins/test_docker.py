@@ -93,7 +93,14 @@ def test_start_serves_then_stop_removes_the_container(
     core.post("/api/components/web/start")
     running(core, "web")
     assert wait_for(lambda: http_get(port), 10, "httpd after start") == "hello from busybox\n"
-    assert one_container(docker_client, "web")["Id"] != item["Id"]
+    second = one_container(docker_client, "web")
+    assert second["Id"] != item["Id"]
+
+    core.post("/api/components/web/restart")
+    core.wait_state("web", lambda c: c["restarts"] == 1 and c["state"] == "running"
+                    and c["health"] == "healthy", 20, "restarted")
+    assert one_container(docker_client, "web")["Id"] not in (item["Id"], second["Id"])
+    assert wait_for(lambda: http_get(port), 10, "httpd after restart") == "hello from busybox\n"
 
 
 def test_a_stop_right_after_the_start_still_removes_the_container(
