@@ -40,8 +40,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+
 from core import ComponentInfo, Launch, Probe, hookimpl
-from plugins.docker import engine
+from plugins.docker import engine, stats
 from plugins.docker.follow import STOP_SIGNALS
 from plugins.docker.instance import instance_id
 from plugins.docker.options import read_options
@@ -76,8 +78,9 @@ def start(component: ComponentInfo) -> Launch:
         config_dir=component.config_dir, stop_timeout=stop_timeout)
     old = _containers.get(component.id)
     if old is not None:
-        engine.forget(old)
+        stats.forget(old)
     _containers[component.id] = started.id
+    stats.prime(started.id)
     argv = [sys.executable, str(FOLLOW), started.id,
             "--grace", str(engine.docker_stop_grace(stop_timeout)),
             "--note", f"container {started.name} ({started.id[:12]}) started from image "
@@ -121,10 +124,10 @@ def probe(component: ComponentInfo, pid: int) -> Probe:
     if cid is None:
         return Probe(healthy=False, error="no container is known for this component")
     try:
-        seen = engine.observe(cid)
+        seen = stats.observe(cid)
     except engine.EngineError as exc:
         return Probe(healthy=False, error=str(exc))
-    except engine.docker.errors.NotFound:
+    except docker.errors.NotFound:
         return Probe(healthy=False, error=f"container {cid[:12]} is gone")
     metrics: dict[str, float] = {}
     if seen.cpu_percent is not None:
