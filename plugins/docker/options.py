@@ -78,6 +78,7 @@ def _port(key: str, value: object) -> tuple[str, int | tuple[str, int]]:
 
 def _mount(key: str, value: object) -> dict[str, Any]:
     """A mount as `{type, source, target, read_only}`; a bind source stays as written."""
+    mount: dict[str, Any]
     if isinstance(value, str):
         parts = value.split(":")
         if len(parts) not in (2, 3) or not all(parts[:2]):
@@ -96,11 +97,11 @@ def _mount(key: str, value: object) -> dict[str, Any]:
                 raise OptionError(f"{key}.{name}", f"unknown key (valid keys: "
                                                    f"{', '.join(_MOUNT_KEYS)})")
         opts = OptionReader(value)
-        kind = opts.string("type", "bind")
-        if kind not in _MOUNT_TYPES:
-            raise OptionError(f"{key}.type", f"expected one of {', '.join(_MOUNT_TYPES)}, got "
-                                             f"{kind!r}")
         try:
+            kind = opts.string("type", "bind")
+            if kind not in _MOUNT_TYPES:
+                raise OptionError("type", f"expected one of {', '.join(_MOUNT_TYPES)}, got "
+                                          f"{kind!r}")
             mount = {"type": kind, "source": opts.string("source", ""),
                      "target": opts.string("target"),
                      "read_only": opts.boolean("read_only", False)}

@@ -72,6 +72,7 @@ def test_memory_sizes(value: object, expected: int) -> None:
     ({"image": "x", "mounts": [{"target": "/b"}]}, "mounts[0].source", "is required"),
     ({"image": "x", "mounts": [{"source": "/a"}]}, "mounts[0].target", "is required"),
     ({"image": "x", "mounts": [{"type": "nfs", "target": "/b"}]}, "mounts[0].type", "bind"),
+    ({"image": "x", "mounts": [{"type": 1, "target": "/b"}]}, "mounts[0].type", "a string"),
     ({"image": "x", "mounts": [3]}, "mounts[0]", "a table"),
     ({"image": "x", "network": "appnet", "ports": "80:80"}, "ports", "an array"),
     ({"image": "x", "network": "appnet", "ports": ["80"]}, "ports[0]", "HOST:CONTAINER"),
