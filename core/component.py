@@ -110,6 +110,10 @@ class Component:
         if self.log.file_error:
             error = f"{error}; log file: {self.log.file_error}" if error else (
                 f"log file: {self.log.file_error}")
+        # A probe that measures where the work runs (a container's cgroup)
+        # speaks for it instead of the process the core watches.
+        cpu = self.metrics.get("cpu_percent", self.cpu_percent)
+        memory = self.metrics.get("memory_mb", self.memory_mb)
         next_in = None
         if self.next_restart_at is not None:
             next_in = round(max(0.0, self.next_restart_at - mono), 2)
@@ -118,8 +122,8 @@ class Component:
             "state": self.state.value,
             "pid": self.pid,
             "uptime": round(mono - self.started_at, 1) if running and self.started_at else None,
-            "cpu_percent": self.cpu_percent if running else None,
-            "memory_mb": self.memory_mb if running else None,
+            "cpu_percent": cpu if running else None,
+            "memory_mb": memory if running else None,
             "error": error,
             "last_updated": stamp,
             "plugin": self.cfg.plugin,

@@ -32,7 +32,9 @@ class ComponentInfo:
     returned by the plugin's `validate_config` hook. `data_dir` is this
     component's own directory (created by the core before `start`);
     `config_dir` is the directory of config.toml, against which relative
-    paths in options are resolved.
+    paths in options are resolved. `stop_timeout` is the component's own
+    (seconds): the whole stop is bounded by it, which a plugin that stops
+    something the core's signals do not reach (a container) must know.
     """
 
     id: str
@@ -41,6 +43,7 @@ class ComponentInfo:
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     data_dir: Path = Path(".")
     config_dir: Path = Path(".")
+    stop_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,9 @@ class Probe:
     `healthy` False puts `error` in the component's error field (the
     component keeps running; the restart policy is about exits, not health).
     `metrics` contributes to the snapshot's `metrics` (keys in
-    PLUGIN_METRICS; others are ignored).
+    PLUGIN_METRICS; others are ignored), except `cpu_percent` and
+    `memory_mb`, which replace the component's own figures (those of the
+    process the core watches) when the work runs elsewhere (a container).
     """
 
     healthy: bool = True

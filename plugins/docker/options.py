@@ -1,0 +1,171 @@
+"""The docker plugin's keys of a `[components.<id>]` table, checked at config load.
+
+Everything here is pure: no engine is asked anything at load time (the engine
+may be on another machine and down while the config is read). What only the
+engine can judge (does the image exist, does the network) is a start failure
+of the component, with the engine's own words in its `error` field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from core import OptionError, OptionReader
+
+#: Label keys under this prefix are the plugin's own (see engine.LABEL_*).
+RESERVED_LABEL_PREFIX = "control-center."
+
+#: The smallest memory limit the Docker engine accepts.
+MIN_MEMORY = 6 * 2**20
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
+          "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40,
+          "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_PORT = re.compile(r"^(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d+):(?P<container>\d+)"
+                   r"(?:/(?P<proto>tcp|udp|sctp))?$")
+_MOUNT_KEYS = ("type", "source", "target", "read_only")
+_MOUNT_TYPES = ("bind", "volume", "tmpfs")
+PULL_POLICIES = ("missing", "never")
+KEYS = ("image", "command", "env", "env_file", "mounts", "network", "ports", "user",
+        "memory_max", "labels", "pull")
+#: Keys whose values are not one of OptionReader's kinds; checked here.
+_OWN_KEYS = ("mounts", "ports", "memory_max")
+
+
+def _type_name(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def memory_bytes(key: str, value: object) -> int:
+    """`512M`, `1.5GiB`, `"1048576"` or an integer of bytes -> bytes (powers of 1024)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise OptionError(key, f'expected a size such as "512M" or an integer of bytes, got '
+                               f"{_type_name(value)}")
+    if isinstance(value, int):
+        size = value
+    else:
+        found = _SIZE.match(value)
+        unit = found.group(2).lower() if found else ""
+        if found is None or unit not in _UNITS:
+            raise OptionError(key, f'expected a size such as "512M", "1.5G" or "256MiB", '
+                                   f"got {value!r}")
+        size = int(float(found.group(1)) * _UNITS[unit])
+    if size < MIN_MEMORY:
+        raise OptionError(key, f"expected at least 6M (the engine's minimum), got {value!r}")
+    return size
+
+
+def _port(key: str, value: object) -> tuple[str, int | tuple[str, int]]:
+    if not isinstance(value, str):
+        raise OptionError(key, f'expected "HOST:CONTAINER[/PROTO]", got {_type_name(value)}')
+    found = _PORT.match(value)
+    if found is None:
+        raise OptionError(key, f'expected "[IP:]HOST:CONTAINER[/tcp|udp|sctp]" such as '
+                               f'"127.0.0.1:8080:80", got {value!r}')
+    host, container = int(found["host"]), int(found["container"])
+    for number in (host, container):
+        if not 0 < number < 65536:
+            raise OptionError(key, f"expected port numbers from 1 to 65535, got {value!r}")
+    spec = f"{container}/{found['proto'] or 'tcp'}"
+    ip = (found["ip"] or "").strip("[]")
+    return spec, ((ip, host) if ip else host)
+
+
+def _mount(key: str, value: object) -> dict[str, Any]:
+    """A mount as `{type, source, target, read_only}`; a bind source stays as written."""
+    mount: dict[str, Any]
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]):
+            raise OptionError(key, f'expected "SOURCE:TARGET" or "SOURCE:TARGET:ro", got '
+                                   f"{value!r}")
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            raise OptionError(key, f'expected the mode "ro" or "rw" after the target, got '
+                                   f"{parts[2]!r}")
+        source = parts[0]
+        kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+        mount = {"type": kind, "source": source, "target": parts[1],
+                 "read_only": len(parts) == 3 and parts[2] == "ro"}
+    elif isinstance(value, dict):
+        for name in value:
+            if name not in _MOUNT_KEYS:
+                raise OptionError(f"{key}.{name}", f"unknown key (valid keys: "
+                                                   f"{', '.join(_MOUNT_KEYS)})")
+        opts = OptionReader(value)
+        try:
+            kind = opts.string("type", "bind")
+            if kind not in _MOUNT_TYPES:
+                raise OptionError("type", f"expected one of {', '.join(_MOUNT_TYPES)}, got "
+                                          f"{kind!r}")
+            mount = {"type": kind, "source": opts.string("source", ""),
+                     "target": opts.string("target"),
+                     "read_only": opts.boolean("read_only", False)}
+        except OptionError as exc:
+            raise OptionError(f"{key}.{exc.key}", exc.message) from None
+        if kind != "tmpfs" and not mount["source"]:
+            raise OptionError(f"{key}.source", f"is required for a {kind} mount")
+    else:
+        raise OptionError(key, f'expected "SOURCE:TARGET[:ro]" or a table, got '
+                               f"{_type_name(value)}")
+    if not mount["target"].startswith("/"):
+        raise OptionError(key, f"expected an absolute path inside the container as the "
+                               f"target, got {mount['target']!r}")
+    return mount
+
+
+def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the docker plugin's keys; the result is what the hooks see."""
+    for key in options:
+        if key not in KEYS:
+            hint = difflib.get_close_matches(key, KEYS, n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise OptionError(key, f"unknown key (valid keys: {', '.join(sorted(KEYS))})"
+                                   f"{suffix}")
+    opts = OptionReader({k: v for k, v in options.items() if k not in _OWN_KEYS})
+    image = opts.string("image")
+    if not image.strip():
+        raise OptionError("image", 'expected an image name such as "nginx:1.27"')
+    result: dict[str, Any] = {
+        "image": image,
+        "command": opts.command("command", None),
+        "env": opts.string_table("env", {}),
+        "env_file": opts.string("env_file", None),
+        "network": opts.string("network", "host"),
+        "user": opts.string("user", None),
+        "labels": opts.string_table("labels", {}),
+        "pull": opts.string("pull", "missing"),
+    }
+    if not result["network"].strip():
+        raise OptionError("network", 'expected "host", "none" or a network name')
+    if result["pull"] not in PULL_POLICIES:
+        raise OptionError("pull", f"expected one of {', '.join(map(repr, PULL_POLICIES))}, "
+                                  f"got {result['pull']!r}")
+    if result["user"] is not None and not result["user"].strip():
+        raise OptionError("user", 'expected a user name or "UID[:GID]"')
+    for label in result["labels"]:
+        if label.startswith(RESERVED_LABEL_PREFIX):
+            raise OptionError(f"labels.{label}", f"labels under {RESERVED_LABEL_PREFIX!r} "
+                                                 "are set by Control Center itself")
+    memory = options.get("memory_max")
+    result["memory_max"] = None if memory is None else memory_bytes("memory_max", memory)
+    mounts = options.get("mounts", [])
+    if not isinstance(mounts, list):
+        raise OptionError("mounts", f"expected an array of mounts, got {_type_name(mounts)}")
+    result["mounts"] = [_mount(f"mounts[{i}]", m) for i, m in enumerate(mounts)]
+    ports = options.get("ports", [])
+    if not isinstance(ports, list):
+        raise OptionError("ports", f"expected an array of \"HOST:CONTAINER\" strings, got "
+                                   f"{_type_name(ports)}")
+    result["ports"] = dict(_port(f"ports[{i}]", p) for i, p in enumerate(ports))
+    if result["ports"] and (result["network"] in ("host", "none")
+                            or result["network"].startswith("container:")):
+        raise OptionError("ports", f"publishing ports needs a network of its own; with "
+                                   f"network = {result['network']!r} the container "
+                                   "uses the host's ports directly (or none)")
+    opts.finish()
+    return result
