@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.errors import ConfigError, OptionError, closest
+from core.options import describe as _describe
 
 RESTART_POLICIES = ("always", "on-failure", "never")
 
@@ -115,13 +116,6 @@ _COMMON_KEYS = {f for f in ComponentConfig.__dataclass_fields__} - {"id", "optio
 
 #: validate(component_id, plugin, options) -> normalised options; raises OptionError.
 Validator = Callable[[str, str, Mapping[str, Any]], Mapping[str, Any]]
-
-
-def _describe(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "a table"}
-    return f"{names.get(type(value), type(value).__name__)} ({value!r})" if not isinstance(
-        value, dict | list) else names[type(value)]
 
 
 class _Reader:
