@@ -73,11 +73,29 @@ def start(component: ComponentInfo) -> Launch:
 def stop(component: ComponentInfo, pid: int) -> None:
     """Ask the component to shut down cleanly, before the core's signals.
 
-    Called from a worker thread when the component is asked to stop; the
-    whole stop (this hook, then the stop signal to the process group, then
-    SIGKILL) is bounded by the component's ``stop_timeout``. A plugin with
-    nothing better than a signal need not implement it. The return value is
-    ignored.
+    Called from a worker thread whenever a running component is to stop: a
+    stop or restart request, a reload that removes or changes it, the
+    supervisor's shutdown. ``pid`` is the process that ``start``'s Launch
+    became (the leader of its process group). Not called when the process
+    has exited by itself.
+
+    The contract, with ``T`` the component's ``stop_timeout`` (default 10 s):
+
+    1. The hook runs for at most ``T / 2``; past that it is abandoned (its
+       thread finishes in the background) and the stop goes on.
+    2. As soon as the hook returns (or is abandoned or raises), the core
+       sends ``stop_signal`` (default SIGTERM) to the process group, even
+       if the process is still busy exiting. If the process has already
+       exited, only what it left in its group gets the signal. So a hook
+       that wants the process to finish on its own terms (flush, checkpoint)
+       waits until it has exited before returning, within ``T / 2``: poll
+       the service (its listener closes) or ``psutil.pid_exists(pid)``.
+    3. Whatever is still alive ``T`` after the stop began is killed with
+       SIGKILL, the whole group.
+
+    A plugin with nothing better than a signal need not implement it. The
+    return value is ignored; an exception is written to the component's
+    log ("stop hook failed: ...") and the signals follow as usual.
     """
 
 
