@@ -1,4 +1,5 @@
-"""Command line: `python -m core [run] [--config PATH]`, `check [PATH]`, and the client commands."""
+"""Command line: `python -m core [run] [--config PATH]`, `check [PATH]`,
+`config-reference`, and the client commands."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    from core.schema import reference
+
+    sys.stdout.write(reference())
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from core.app import run
 
@@ -44,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     check_p = sub.add_parser("check", help="validate a config file and exit")
     check_p.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
     check_p.set_defaults(func=_check)
+    ref_p = sub.add_parser("config-reference",
+                           help="print every config.toml key with its type, default and "
+                                "meaning (the text of docs/config.md)")
+    ref_p.set_defaults(func=_config_reference)
     try:
         from core.client_cli import add_commands
     except ImportError:  # the client commands are optional at build time
