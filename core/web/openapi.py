@@ -23,7 +23,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["name", "state", "pid", "uptime", "cpu_percent", "memory_mb", "error",
                      "last_updated", "plugin", "restarts", "exit_code", "health",
-                     "next_restart_in", "depends_on"],
+                     "next_restart_in", "depends_on", "metrics"],
         "properties": {
             "name": {"type": "string"},
             "state": _STATE,
@@ -39,6 +39,10 @@ SCHEMAS: dict[str, Any] = {
             "health": {"enum": ["healthy", "unhealthy", "starting", None]},
             "next_restart_in": _NUM_OR_NULL,
             "depends_on": {"type": "array", "items": {"type": "string"}},
+            "metrics": {"type": "object", "description": "The component's own figures "
+                        "from its probe; names match [a-z_][a-z0-9_]*.",
+                        "propertyNames": {"pattern": "^[a-z_][a-z0-9_]*$"},
+                        "additionalProperties": {"type": "number"}},
         },
     },
     "ComponentWithId": {
