@@ -1,5 +1,5 @@
 """Command line: `python -m core [run] [--config PATH]`, `check [PATH]`,
-`config-reference`, and the client commands."""
+`config-reference`, `plugins`, and the client commands."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def _config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugins(args: argparse.Namespace) -> int:
+    from core.plugins import PluginManager
+
+    rows = [("NAME", "FROM", "STATUS"), *PluginManager().describe()]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for name, source, status in rows:
+        print(f"{name.ljust(widths[0])}  {source.ljust(widths[1])}  {status}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from core.app import run
 
@@ -56,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print every config.toml key with its type, default and "
                                 "meaning (the text of docs/config.md)")
     ref_p.set_defaults(func=_config_reference)
+    plugins_p = sub.add_parser("plugins", help="list the installed plugins: the name to use "
+                                               "in plugin = \"...\", where each comes from")
+    plugins_p.set_defaults(func=_plugins)
     try:
         from core.client_cli import add_commands
     except ImportError:  # the client commands are optional at build time

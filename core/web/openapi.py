@@ -130,10 +130,17 @@ _NOT_FOUND = {"404": _json("Error", "No component with this id")}
 _CID = {"name": "cid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+_WAIT = {"name": "wait", "in": "query", "required": False,
+         "description": "true: answer once the component is stopped (or in error), its "
+                        "process gone; by default the answer comes as soon as it has left "
+                        "running, usually in state stopping.",
+         "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}}
+
+
 def _control(action: str) -> dict[str, Any]:
     return {"post": {
         "summary": f"{action.capitalize()} one component",
-        "parameters": [_CID],
+        "parameters": [_CID, _WAIT] if action == "stop" else [_CID],
         "responses": {"200": _json("ControlResult", "The component after the request"),
                       **_NOT_FOUND, **_ERR,
                       "403": _json("Error", "Cross-origin request refused"),
