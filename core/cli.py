@@ -1,5 +1,5 @@
 """Command line: `python -m core [run] [--config PATH]`, `check [PATH]`,
-`config-reference`, `plugins`, and the client commands."""
+`config-reference`, `plugins`, `new-plugin`, and the client commands."""
 
 from __future__ import annotations
 
@@ -42,6 +42,22 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_plugin(args: argparse.Namespace) -> int:
+    from core.scaffold import ScaffoldError, create, names
+
+    try:
+        root = create(args.name, args.dir)
+    except ScaffoldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = names(args.name)
+    print(f"created {root}: distribution {n['dist']}, module {n['module']}, "
+          f"entry point {n['name']!r}\n"
+          f"next: pip install '{root}[test]' && pytest {root / 'tests'}\n"
+          f'then in config.toml: [components.{n["name"]}] plugin = "{n["name"]}" port = 7800')
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from core.app import run
 
@@ -69,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugins_p = sub.add_parser("plugins", help="list the installed plugins: the name to use "
                                                "in plugin = \"...\", where each comes from")
     plugins_p.set_defaults(func=_plugins)
+    new_p = sub.add_parser("new-plugin", help="create a plugin package to start from: "
+                                              "pyproject with the entry point, module, tests")
+    new_p.add_argument("name", help="the plugin's name, as config.toml will say plugin = NAME")
+    new_p.add_argument("--dir", default=".", help="where to create it (default: here)")
+    new_p.set_defaults(func=_new_plugin)
     try:
         from core.client_cli import add_commands
     except ImportError:  # the client commands are optional at build time
