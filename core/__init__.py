@@ -1,7 +1,9 @@
 """Control Center: a plugin-based process supervisor with a live dashboard.
 
 This module is the one face for plugin authors: everything a plugin may use
-is exported here; every other module of the package is internal.
+is exported here, and `core.testing` holds the utilities for a plugin's
+tests; every other module of the package is internal. Reference:
+docs/plugin-api.md; a complete example: docs/plugins.md.
 """
 
 from __future__ import annotations

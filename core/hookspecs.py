@@ -89,7 +89,8 @@ def stop(component: ComponentInfo, pid: int) -> None:
        exited, only what it left in its group gets the signal. So a hook
        that wants the process to finish on its own terms (flush, checkpoint)
        waits until it has exited before returning, within ``T / 2``: poll
-       the service (its listener closes) or ``psutil.pid_exists(pid)``.
+       the service (its listener closes), or ``os.kill(pid, 0)`` until it
+       raises ProcessLookupError (the core reaps its child at once).
     3. Whatever is still alive ``T`` after the stop began is killed with
        SIGKILL, the whole group.
 

@@ -73,3 +73,15 @@ def test_the_docs_pages_are_all_linked_from_the_readme() -> None:
     readme = {(ROOT / t.partition("#")[0]).resolve() for t in links(ROOT / "README.md")}
     missing = [p.name for p in DOCS[1:] if p.resolve() not in readme]
     assert missing == []
+
+
+def test_the_plugin_guide_shows_what_new_plugin_writes(tmp_path: Path) -> None:
+    from core.scaffold import create
+
+    root = create("echo", tmp_path)
+    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```(?:python|toml)\n# (\S+)\n(.*?)^```", guide, re.S | re.M)
+    assert len(blocks) >= 6
+    for name, body in blocks:
+        text = (root / name).read_text(encoding="utf-8")
+        assert body in text, f"docs/plugins.md shows a {name} that new-plugin does not write"
