@@ -117,5 +117,8 @@ def probe(component: ComponentInfo, pid: int) -> Probe | None:
     time; a result that comes later shows in the next snapshot.
 
     :return: a ``Probe``; None means "no opinion": healthy while the process
-        is alive, no metrics.
+        is alive, no metrics. ``Probe.metrics`` become the component's own
+        ``metrics`` in the snapshot (see ``core.Probe``). A change of health
+        is written to the component's log with ``Probe.error`` as the
+        reason; being unhealthy never restarts a component.
     """

@@ -12,7 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-#: The snapshot's `metrics` keys a plugin may contribute through a Probe.
+#: The protocol's five plugin figures: a probe's metrics with these names also
+#: fill the snapshot's top-level `metrics` (summed; avg_latency_ms averaged).
 PLUGIN_METRICS = (
     "total_concepts",
     "total_associations",
@@ -91,7 +92,8 @@ class Launch:
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(a, str) for a in self.argv):
-            raise TypeError(f"Launch.argv must be a non-empty sequence of str, got {self.argv!r}")
+            raise TypeError(f"Launch.argv: expected a non-empty sequence of str, "
+                            f"got {self.argv!r}")
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
@@ -111,8 +113,14 @@ class Probe:
       the component's ``error`` field (ignored while healthy). None while
       unhealthy shows "probe reported unhealthy".
     - ``metrics`` (mapping of str to int or float, default empty): this
-      component's figures for this tick; see ``PLUGIN_METRICS`` for the
-      names that also fill the snapshot's top-level ``metrics``.
+      component's own figures for this tick, shown as its snapshot entry's
+      ``metrics``, in Prometheus (``control_center_component_metric``) and
+      on its dashboard card. Names must match ``[a-z_][a-z0-9_]*`` (at most
+      64 characters, 64 metrics), values be finite numbers (not bool);
+      anything else is left out, the reason written once to the
+      component's log. The names in ``PLUGIN_METRICS`` also fill the
+      snapshot's top-level ``metrics``, summed over components
+      (``avg_latency_ms`` averaged).
     """
 
     healthy: bool = True
