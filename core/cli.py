@@ -11,6 +11,8 @@ DEFAULT_CONFIG = "config.toml"
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.explain:
+        return _config_reference(args)
     from core.app import load_config
     from core.config import ConfigError
     from core.plugins import PluginManager
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.set_defaults(func=_run)
     check_p = sub.add_parser("check", help="validate a config file and exit")
     check_p.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
+    check_p.add_argument("--explain", action="store_true",
+                         help="print every key with its type, default and meaning instead "
+                              "(the same as config-reference)")
     check_p.set_defaults(func=_check)
     ref_p = sub.add_parser("config-reference",
                            help="print every config.toml key with its type, default and "

@@ -142,6 +142,8 @@ def _control(action: str) -> dict[str, Any]:
         "summary": f"{action.capitalize()} one component",
         "parameters": [_CID, _WAIT] if action == "stop" else [_CID],
         "responses": {"200": _json("ControlResult", "The component after the request"),
+                      **({"400": _json("Error", "A bad query value (wait=maybe)")}
+                         if action == "stop" else {}),
                       **_NOT_FOUND, **_ERR,
                       "403": _json("Error", "Cross-origin request refused"),
                       "503": _json("Error", "Refused: the supervisor is shutting down")},

@@ -24,6 +24,9 @@ def test_the_command_prints_docs_config_md() -> None:
                          capture_output=True, text=True, check=True).stdout
     assert out == (ROOT / "docs" / "config.md").read_text(encoding="utf-8"), (
         "docs/config.md is stale: python -m core config-reference > docs/config.md")
+    explain = subprocess.run([sys.executable, "-m", "core", "check", "--explain"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert explain == out
 
 
 def test_every_config_field_has_a_definition_and_the_same_default() -> None:
