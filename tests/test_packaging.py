@@ -67,6 +67,8 @@ def test_the_installed_command_serves_the_page_static_files_and_plugins(
     where = run(python, "-c", "import core, plugins; print(core.__file__, plugins.__file__)",
                 cwd=tmp_path).stdout.split()
     assert all("site-packages" in p for p in where), where
+    reference = run(venv / "bin" / "control-center", "config-reference", cwd=tmp_path).stdout
+    assert reference == (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
     port, engine = free_port(), free_port()
     (tmp_path / "config.toml").write_text(
         f'[server]\nport = {port}\ninterval = 0.2\n'
