@@ -22,9 +22,19 @@ MAX_NAME = 64
 #: Metrics kept per component and probe; more are refused (a plugin bug, usually).
 MAX_METRICS = 64
 
-# What has been reported already, per component record (weakly held: a removed
-# component's set goes with it).
-_reported: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+class _Seen:
+    """Per component: names that passed before (skip the pattern), refusals already told."""
+
+    __slots__ = ("good", "told")
+
+    def __init__(self) -> None:
+        self.good: set[str] = set()
+        self.told: set[str] = set()
+
+
+# Weakly held: a removed component's record goes with it.
+_seen: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
 
 
 def _refusal(name: object, value: object) -> str | None:
@@ -49,16 +59,22 @@ def accept(owner: Any, metrics: Mapping[Any, Any], note: Callable[[str], None],
     not a mapping at all (the caller reports that as a probe error).
     """
     items = list(dict(metrics).items())
-    reported = _reported.setdefault(owner, set())
+    seen = _seen.get(owner)
+    if seen is None:
+        seen = _seen[owner] = _Seen()
     kept: dict[str, float] = {}
     for name, value in items:
-        why = _refusal(name, value)
+        if name in seen.good and type(value) in (int, float) and math.isfinite(value):
+            why = None
+        else:
+            why = _refusal(name, value)
         if why is None and len(kept) >= MAX_METRICS:
             why = f"metric {name!r} refused: more than {MAX_METRICS} metrics in one probe"
         if why is None:
             kept[name] = value
-        elif why not in reported:
-            reported.add(why)
+            seen.good.add(name)
+        elif why not in seen.told:
+            seen.told.add(why)
             note(why)
             log.warning("%s: %s", component_id or "component", why)
     return kept
