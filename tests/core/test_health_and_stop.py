@@ -89,11 +89,11 @@ async def test_health_changes_stop_wait_and_the_health_column(tmp_path: Path) ->
                 bad = await http.post("/api/components/svc/stop?wait=maybe")
                 quick = (await http.post("/api/components/svc/stop")).json()["component"]
                 await sup.start("svc")
-                await until(lambda: sup.view("svc")["state"] == "running", "running")
+                await until(lambda: sup.view("svc")["health"] == "healthy", "healthy")
                 waited = (await http.post("/api/components/svc/stop?wait=true")
                           ).json()["component"]
                 await sup.start("svc")
-                await until(lambda: sup.view("svc")["state"] == "running", "running")
+                await until(lambda: sup.view("svc")["health"] == "healthy", "healthy")
                 cli_stop = await cli("stop", "svc", "--url", url)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(15):
