@@ -39,8 +39,11 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 def validate_config(component_id: str, options: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """Check this plugin's keys of one ``[components.<id>]`` table.
 
-    Called in the main thread when config.toml is loaded or reloaded, before
-    anything starts. Must not block.
+    Called when config.toml is loaded (in the main thread, before anything
+    starts; also by ``python -m core check``) and on every reload (in a
+    worker thread; the whole reload must finish within 5 s, or it is
+    refused and nothing changes). Should not block: check the values, do
+    not connect to anything.
 
     :param component_id: the table name, e.g. ``"storage"``.
     :param options: every key of the table that is not a common key
