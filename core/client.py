@@ -111,15 +111,17 @@ class Client:
     async def component(self, cid: str) -> dict[str, Any]:
         return await self._call("GET", f"/api/components/{quote(cid, safe='')}")
 
-    async def _control(self, cid: str, action: str) -> dict[str, Any]:
-        body = await self._call("POST", f"/api/components/{quote(cid, safe='')}/{action}")
+    async def _control(self, cid: str, action: str, **params: Any) -> dict[str, Any]:
+        body = await self._call("POST", f"/api/components/{quote(cid, safe='')}/{action}",
+                                **params)
         return body["component"]
 
     async def start(self, cid: str) -> dict[str, Any]:
         return await self._control(cid, "start")
 
-    async def stop(self, cid: str) -> dict[str, Any]:
-        return await self._control(cid, "stop")
+    async def stop(self, cid: str, *, wait: bool = False) -> dict[str, Any]:
+        """With `wait`, the answer comes once the component is stopped, not stopping."""
+        return await self._control(cid, "stop", wait="true" if wait else None)
 
     async def restart(self, cid: str) -> dict[str, Any]:
         return await self._control(cid, "restart")

@@ -40,10 +40,12 @@ def _uptime(seconds: float | None) -> str:
 
 def render_table(components: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> str:
     """The status table: one line per component, then the system line."""
-    header = ("ID", "NAME", "STATE", "PID", "UPTIME", "CPU", "MEM", "RESTARTS", "ERROR")
+    header = ("ID", "NAME", "STATE", "HEALTH", "PID", "UPTIME", "CPU", "MEM", "RESTARTS",
+              "ERROR")
     rows = [header]
     for cid, c in components.items():
-        rows.append((cid, c.get("name", ""), c.get("state", ""), _fmt(c.get("pid")),
+        rows.append((cid, c.get("name", ""), c.get("state", ""), c.get("health") or "-",
+                     _fmt(c.get("pid")),
                      _uptime(c.get("uptime")), _fmt(c.get("cpu_percent"), "%"),
                      _fmt(c.get("memory_mb"), "MB"), _fmt(c.get("restarts")),
                      c.get("error") or ""))
@@ -123,7 +125,10 @@ def _describe(view: dict[str, Any]) -> str:
 
 def _control(action: str) -> Callable[[Client, argparse.Namespace], Awaitable[int]]:
     async def body(client: Client, args: argparse.Namespace) -> int:
-        view = await getattr(client, action)(args.id)
+        if action == "stop":
+            view = await client.stop(args.id, wait=not args.no_wait)
+        else:
+            view = await getattr(client, action)(args.id)
         print(_describe(view))
         return 0 if view.get("state") != "error" else 1
 
@@ -178,6 +183,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     for action in ("start", "stop", "restart"):
         p = command(action, f"{action} one component", _control(action))
         p.add_argument("id", help="component id")
+        if action == "stop":
+            p.add_argument("--no-wait", action="store_true",
+                           help="answer once it is stopping (default: once it is stopped)")
     logs = command("logs", "print a component's recent output", _logs)
     logs.add_argument("id", help="component id")
     logs.add_argument("-n", "--lines", type=int, default=50,

@@ -45,6 +45,17 @@ def _int_param(request: Request, name: str, default: int | None, lo: int,
     return value
 
 
+def _bool_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise HTTPException(400, f"{name}: expected true or false, got {raw!r}")
+
+
 def _float_param(request: Request, name: str) -> float | None:
     raw = request.query_params.get(name)
     if raw is None:
@@ -96,8 +107,9 @@ class Handlers:
         action = request.url.path.rsplit("/", 1)[-1]
         method = {"start": self.sup.start, "stop": self.sup.stop,
                   "restart": self.sup.restart}[action]
+        kwargs = {"wait": True} if action == "stop" and _bool_param(request, "wait") else {}
         try:
-            view = await method(cid)
+            view = await method(cid, **kwargs)
         except UnknownComponent:
             return error(404, f"no component with id {cid!r}")
         except ShuttingDown as exc:

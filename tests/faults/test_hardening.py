@@ -288,7 +288,7 @@ def test_token_file_is_the_token_and_mistakes_name_the_key(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text('[server]\ntoken_file = "token"\n')
     assert load(path).server.token == TOKEN
-    for text, words in (('token = "x"\ntoken_file = "token"', "set one of them"),
+    for text, words in (('token = "x"\ntoken_file = "token"', "set one"),
                         ('token_file = "missing"', "cannot read"),
                         ('token_file = "empty"', "is empty")):
         (tmp_path / "empty").write_text("\n")

@@ -26,7 +26,8 @@ METRICS = {"timestamp", "total_concepts", "total_associations", "storage_size_mb
            "queries_per_second", "avg_latency_ms", "cpu_percent", "memory_percent"}
 SEED_FIELDS = {"name", "state", "pid", "uptime", "cpu_percent", "memory_mb", "error",
                "last_updated"}
-EXTRA_FIELDS = {"plugin", "restarts", "exit_code", "health", "next_restart_in", "depends_on"}
+EXTRA_FIELDS = {"plugin", "restarts", "exit_code", "health", "next_restart_in", "depends_on",
+                "metrics"}
 
 
 async def close_code(ws, timeout: float = 5.0) -> int:
