@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core import schema
-from core.errors import ConfigError, OptionError, closest
+from core.errors import ConfigError, OptionError, did_you_mean
 from core.options import UnknownOptionError
 from core.options import describe as _describe
 
@@ -137,8 +137,7 @@ class _Reader:
             return
         for key in self.table:
             if key not in allowed:
-                hint = closest(key, allowed)
-                suffix = f"; did you mean {hint!r}?" if hint else ""
+                suffix = did_you_mean(key, allowed)
                 raise self.error(key, f"unknown key{suffix}")
 
     def get(self, key: str, default: Any, kind: type | tuple[type, ...], expected: str) -> Any:
@@ -203,8 +202,7 @@ def _parse_signal(reader: _Reader, key: str, default: int) -> int:
         return signal.Signals[name].value
     except KeyError:
         names = [s.name for s in signal.Signals]
-        hint = closest(name, names)
-        suffix = f"; did you mean {hint!r}?" if hint else ""
+        suffix = did_you_mean(name, names)
         raise reader.error(key, f"unknown signal {value!r}{suffix}") from None
 
 
@@ -286,8 +284,7 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         raise r.error("plugin", "is required: the plugin that drives this component "
                                 "(e.g. \"process\")")
     if plugins is not None and plugin not in plugins:
-        hint = closest(plugin, plugins)
-        suffix = f"; did you mean {hint!r}?" if hint else ""
+        suffix = did_you_mean(plugin, plugins)
         raise r.error("plugin", f"unknown plugin {plugin!r} (installed: "
                                 f"{', '.join(sorted(plugins))}){suffix}")
     values = {k.name: _read(r, k, path.parent) for k in schema.COMPONENT
@@ -311,8 +308,7 @@ def _option_message(exc: OptionError, plugin: str) -> str:
     """A plugin's error; an unknown key is told against the common keys as well."""
     if not isinstance(exc, UnknownOptionError):
         return exc.message
-    hint = closest(exc.key, _COMMON_KEYS | exc.known)
-    suffix = f"; did you mean {hint!r}?" if hint else ""
+    suffix = did_you_mean(exc.key, _COMMON_KEYS | exc.known)
     own = ", ".join(sorted(exc.known)) or "none"
     return (f"unknown key{suffix} (the {plugin} plugin's keys: {own}; the common keys: "
             f"{', '.join(k.name for k in schema.COMPONENT)})")
@@ -332,8 +328,7 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
         raise ConfigError(str(path), None, f"invalid TOML: {message}") from None
     for key in data:
         if key not in ("server", "components"):
-            hint = closest(key, ("server", "components"))
-            suffix = f"; did you mean {hint!r}?" if hint else ""
+            suffix = did_you_mean(key, ("server", "components"))
             raise ConfigError(str(path), key, f"unknown table or key{suffix}")
     server_table = data.get("server", {})
     if not isinstance(server_table, dict):
@@ -355,8 +350,7 @@ def _check_dependencies(path: Path, components: Mapping[str, ComponentConfig]) -
                 raise ConfigError(str(path), f"components.{cid}.depends_on[{i}]",
                                   "a component cannot depend on itself")
             if dep not in components:
-                hint = closest(dep, components)
-                suffix = f"; did you mean {hint!r}?" if hint else ""
+                suffix = did_you_mean(dep, components)
                 raise ConfigError(str(path), f"components.{cid}.depends_on[{i}]",
                                   f"unknown component {dep!r}{suffix}")
     # Cycle check: depth-first with colours; report the cycle as a path.

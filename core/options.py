@@ -31,7 +31,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from core.errors import OptionError, closest
+from core.errors import OptionError, did_you_mean
 
 _MISSING: Any = object()
 
@@ -58,8 +58,7 @@ class UnknownOptionError(OptionError):
 
     def __init__(self, key: str, known: frozenset[str]) -> None:
         self.known = known
-        hint = closest(key, known)
-        suffix = f"; did you mean {hint!r}?" if hint else ""
+        suffix = did_you_mean(key, known)
         listed = ", ".join(sorted(known)) or "none"
         super().__init__(key, f"unknown key (valid keys: {listed}){suffix}")
 
