@@ -49,13 +49,12 @@ def unsent_bytes(sock: trio.socket.SocketType | None) -> int:
     return int.from_bytes(buf, "little", signed=True)
 
 
-class Replay(trio.abc.HalfCloseableStream):
-    """A plain TCP stream that first returns bytes already read from it."""
+class _Replaying(trio.abc.Stream):
+    """A stream that first returns bytes already read from it, then reads on."""
 
-    def __init__(self, stream: trio.SocketStream, buffered: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, buffered: bytes) -> None:
         self._stream = stream
         self._buffered = buffered
-        self.socket = stream.socket
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._buffered:
@@ -71,43 +70,35 @@ class Replay(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
     async def aclose(self) -> None:
         await self._stream.aclose()
 
 
-class TLSReplay(trio.abc.Stream):
-    """A TLS stream, handshake done, that first returns bytes already read from it."""
+class Replay(_Replaying, trio.abc.HalfCloseableStream):
+    """Plain TCP, replaying the head: hypercorn finds `socket` and no `do_handshake`."""
+
+    def __init__(self, stream: trio.SocketStream, buffered: bytes) -> None:
+        super().__init__(stream, buffered)
+        self._tcp = stream
+        self.socket = stream.socket
+
+    async def send_eof(self) -> None:
+        await self._tcp.send_eof()
+
+
+class TLSReplay(_Replaying):
+    """TLS (handshake done), replaying the head: hypercorn finds `do_handshake`."""
 
     def __init__(self, stream: trio.SSLStream[Any], buffered: bytes) -> None:
-        self._stream = stream
-        self._buffered = buffered
+        super().__init__(stream, buffered)
+        self._tls = stream
         self.transport_stream = stream.transport_stream
 
     async def do_handshake(self) -> None:
-        await self._stream.do_handshake()  # done already: returns at once
+        await self._tls.do_handshake()  # done already: returns at once
 
     def selected_alpn_protocol(self) -> str | None:
-        return self._stream.selected_alpn_protocol()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._buffered:
-            n = len(self._buffered) if max_bytes is None else max_bytes
-            data, self._buffered = self._buffered[:n], self._buffered[n:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+        return self._tls.selected_alpn_protocol()
 
 
 class ClientConn(trio.abc.Stream):

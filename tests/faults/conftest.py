@@ -262,18 +262,19 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
 
 
 def handshake(port: int, *, key: str | None = KEY, version: str | None = "13",
-              extra: str = "", rcvbuf: int | None = None,
-              path: str = "/ws") -> tuple[socket.socket, str, bytes]:
+              extra: str = "", rcvbuf: int | None = None, path: str = "/ws",
+              host: str | None = None) -> tuple[socket.socket, str, bytes]:
     """Open `path` by hand: (socket, response head, bytes already read past it).
 
-    `extra`: more header lines, each ending in CRLF.
+    `extra`: more header lines, each ending in CRLF; `host`: the Host header
+    (default 127.0.0.1:port).
     """
     sock = socket.socket()
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket",
              "Connection: Upgrade"]
     if key is not None:
         lines.append(f"Sec-WebSocket-Key: {key}")

@@ -76,26 +76,15 @@ def test_the_websocket_handshake_checks_host_too(srv):
         sock.close()
 
 
-def handshake_with_host(port: int, host: str) -> tuple[object, str, bytes]:
-    import socket
-
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
+def handshake_with_host(port: int, host: str) -> tuple[socket.socket, str, bytes]:
+    """The handshake with `host` as Host, and at least the start of the body after it."""
+    sock, head, rest = handshake(port, host=host)
     while len(rest) < 40:
         chunk = sock.recv(65536)
         if not chunk:
             break
         rest += chunk
-    return sock, head.decode("latin-1"), rest
+    return sock, head, rest
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "dashboard.example",
