@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -293,3 +294,48 @@ def test_a_token_from_a_file_guards_the_api(tmp_path):
         assert request(srv, "GET", "/api/status")[0] == 401
         assert request(srv, "GET", "/api/status", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
         assert TOKEN not in srv.output()
+
+
+# -- the operator's terminal ------------------------------------------------------------
+
+def _logs_on_a_terminal(srv: CoreServer, *extra: str) -> bytes:
+    """`python -m core logs a` with its stdout on a pseudo-terminal: what it wrote."""
+    import pty
+    import subprocess
+
+    main, child = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "core", "logs", "a", "--url",
+                               f"http://127.0.0.1:{srv.port}", *extra],
+                              stdout=child, stderr=subprocess.PIPE, timeout=30, check=True)
+        assert proc.returncode == 0
+        os.close(child)
+        child = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        if child >= 0:
+            os.close(child)
+        os.close(main)
+
+
+def test_cli_logs_escape_terminal_controls_unless_raw(tmp_path):
+    hostile = ("import sys, time; sys.stdout.write('before\\x1b]52;c;aGk=\\x07'"
+               "'\\rINFO supervisor: all good\\n'); sys.stdout.flush(); time.sleep(600)")
+    with serving(tmp_path, component_table("a", command=[sys.executable, "-c", hostile])
+                 ) as srv:
+        deadline = time.monotonic() + 10
+        while b"before" not in (out := _logs_on_a_terminal(srv)):
+            assert time.monotonic() < deadline, out
+            time.sleep(0.2)
+        raw = _logs_on_a_terminal(srv, "--raw")
+    assert b"\x1b" not in out and b"\\x1b]52" in out and b"\\x0dINFO" in out, out
+    assert b"\x1b]52" in raw
