@@ -108,6 +108,9 @@ class ClientConn(trio.abc.Stream):
     `early` what followed it in the same reads (frames, metered like the rest).
     """
 
+    __slots__ = ("_head_left", "_lock", "_pending", "_rest", "_stream", "close_sent", "cut",
+                 "farewell", "meter", "peer", "plain", "send_started", "socket")
+
     def __init__(self, stream: trio.abc.Stream, head: bytes, early: bytes,
                  meter: FrameMeter) -> None:
         self._stream = stream

@@ -49,6 +49,25 @@ def is_close_frame(data: bytes) -> bool:
     return data[:1] == b"\x88"
 
 
+class Bucket:
+    """One client's token bucket: `rate` a second, bursts of one second's worth."""
+
+    __slots__ = ("_last", "_tokens", "rate")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self._tokens = max(1.0, rate)
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(max(1.0, self.rate), self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class FrameMeter:
     """Counts a client's frames as its bytes arrive; `verdict` once it is past a limit.
 

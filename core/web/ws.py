@@ -34,6 +34,7 @@ from core.web.frames import (
     INTERNAL,
     POLICY,
     TRY_AGAIN_LATER,
+    Bucket,
     FrameMeter,
     close_frame,
     text_frame,
@@ -41,7 +42,6 @@ from core.web.frames import (
 from core.web.head import Head
 from core.web.security import (
     Auth,
-    RateLimiter,
     host_ok,
     host_refusal,
     origin_ok,
@@ -137,8 +137,9 @@ class Fanout:
 
     def meter(self) -> FrameMeter:
         """A new client's frame meter: every frame counts against `message_rate`."""
-        limiter = RateLimiter(self.server.message_rate)
-        return FrameMeter(self.server.max_message_bytes, lambda: limiter.allow("frames"),
+        bucket = Bucket(self.server.message_rate, trio.current_time())
+        return FrameMeter(self.server.max_message_bytes,
+                          lambda: bucket.take(trio.current_time()),
                           f"{self.server.message_rate:g}")
 
     # -- lifecycle -------------------------------------------------------------
