@@ -127,7 +127,8 @@ async def serve(config_path: str | Path) -> int:
     async def run_web(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await serve_web(supervisor, hub, server, shutdown=close_web,
-                            after_fanout=collector.collect_if_due, task_status=task_status)
+                            after_fanout=collector.collect_if_due, auth_config=config.auth,
+                            task_status=task_status)
         finally:
             web_closed.set()
 

@@ -1,5 +1,5 @@
 """Command line: `python -m core [run] [--config PATH]`, `check [PATH]`,
-`config-reference`, `plugins`, `new-plugin`, and the client commands."""
+`config-reference`, `plugins`, `new-plugin`, `token`, and the client commands."""
 
 from __future__ import annotations
 
@@ -60,6 +60,28 @@ def _new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    """Mint a JSON Web Token with the [auth] key of a config file; print it."""
+    from pathlib import Path
+
+    from core.config import ConfigError, load
+    from core.identity import mint, parse_ttl
+
+    try:
+        config = load(args.config)
+        ttl = parse_ttl(args.ttl)
+        if not config.auth.enabled:
+            raise ValueError(f"{config.path}: [auth] has no jwt_secret or jwt_public_key "
+                             "to sign with")
+        token = mint(config.auth, role=args.role, ttl=ttl, sub=args.sub,
+                     private_key=Path(args.key) if args.key else None)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from core.app import run
 
@@ -95,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     new_p.add_argument("name", help="the plugin's name, as config.toml will say plugin = NAME")
     new_p.add_argument("--dir", default=".", help="where to create it (default: here)")
     new_p.set_defaults(func=_new_plugin)
+    token_p = sub.add_parser("token", help="mint a JSON Web Token with the [auth] key")
+    token_p.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    token_p.add_argument("--ttl", default="1h", help="how long it is valid: 90s, 30m, 1h, 2d "
+                                                     "(default 1h)")
+    token_p.add_argument("--sub", default="operator",
+                         help="who it names (the audit trail's actor; default 'operator')")
+    token_p.add_argument("--config", default=DEFAULT_CONFIG,
+                         help=f"the config file whose [auth] signs (default {DEFAULT_CONFIG})")
+    token_p.add_argument("--key", default=None,
+                         help="with [auth] jwt_public_key: the matching private key (PEM)")
+    token_p.set_defaults(func=_token)
     try:
         from core.client_cli import add_commands
     except ImportError:  # the client commands are optional at build time

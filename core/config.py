@@ -18,6 +18,7 @@ from typing import Any
 
 from core import schema
 from core.errors import ConfigError, OptionError, did_you_mean
+from core.identity import AuthConfig, algorithm_for, load_public_key
 from core.options import UnknownOptionError
 from core.options import describe as _describe
 
@@ -89,6 +90,7 @@ class Config:
     server: ServerConfig
     #: In file order, which is also the start order among independent ones.
     components: Mapping[str, ComponentConfig]
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def config_dir(self) -> Path:
@@ -327,8 +329,8 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
             message = message.replace("(at end of document)", where)
         raise ConfigError(str(path), None, f"invalid TOML: {message}") from None
     for key in data:
-        if key not in ("server", "components"):
-            suffix = did_you_mean(key, ("server", "components"))
+        if key not in _TABLES:
+            suffix = did_you_mean(key, _TABLES)
             raise ConfigError(str(path), key, f"unknown table or key{suffix}")
     server_table = data.get("server", {})
     if not isinstance(server_table, dict):
@@ -340,7 +342,40 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
     components = {cid: _parse_component(path, cid, t, plugins, validate)
                   for cid, t in comp_tables.items()}
     _check_dependencies(path, components)
-    return Config(path=path, server=server, components=MappingProxyType(components))
+    auth = _parse_auth(path, data.get("auth", {}))
+    return Config(path=path, server=server, components=MappingProxyType(components),
+                  auth=auth)
+
+
+#: The top-level tables of config.toml.
+_TABLES = ("server", "components", "auth")
+
+#: HS256 wants a key of at least 256 bits (RFC 7518 3.2).
+MIN_JWT_SECRET = 32
+
+
+def _parse_auth(path: Path, table: Any) -> AuthConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(str(path), "auth", "expected a table [auth]")
+    r = _Reader(path, "auth", table)
+    r.check_keys(set(schema.AUTH_KEYS))
+    values = {k.name: _read(r, k, path.parent) for k in schema.AUTH}
+    secret, public = values["jwt_secret"], values["jwt_public_key"]
+    if secret is not None and public is not None:
+        raise r.error("jwt_public_key", "jwt_secret and jwt_public_key exclude each other; "
+                                        "set one")
+    if secret is not None and len(secret.encode()) < MIN_JWT_SECRET:
+        raise r.error("jwt_secret", f"expected at least {MIN_JWT_SECRET} characters (HS256 "
+                                    f"wants 256 bits), got {len(secret.encode())}")
+    if public is not None:
+        try:
+            algorithm_for(load_public_key(public))
+        except OSError as exc:
+            raise r.error("jwt_public_key", f"cannot read {public}: "
+                                            f"{exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise r.error("jwt_public_key", str(exc)) from None
+    return AuthConfig(**values)
 
 
 def _check_dependencies(path: Path, components: Mapping[str, ComponentConfig]) -> None:

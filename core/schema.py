@@ -182,7 +182,20 @@ COMPONENT: tuple[Key, ...] = (
         "request.", 1, 1_000_000),
 )
 
+AUTH: tuple[Key, ...] = (
+    Key("jwt_secret", "string", None,
+        "A shared secret (at least 32 characters) that signs and verifies JSON Web "
+        "Tokens with HS256; `python -m core token` mints them. Not together with "
+        "jwt_public_key."),
+    Key("jwt_public_key", "path", None,
+        "A PEM public key that verifies tokens signed elsewhere: RS256 for RSA, ES256 "
+        "for EC P-256, EdDSA for Ed25519, by the key's type."),
+    Key("jwt_issuer", "string", None, "When set, a token's `iss` must be this."),
+    Key("jwt_audience", "string", None, "When set, a token's `aud` must be this."),
+)
+
 SERVER_KEYS = {k.name: k for k in SERVER}
+AUTH_KEYS = {k.name: k for k in AUTH}
 COMPONENT_KEYS = {k.name: k for k in COMPONENT}
 
 
@@ -231,5 +244,11 @@ def reference() -> str:
               "digits,\n`-` and `_`), used in REST paths and in `depends_on`. The keys "
               "the core reads:", ""]
     parts += [_entry(k) for k in COMPONENT]
+    parts += ["", "## `[auth]`", "",
+              "JSON Web Tokens with roles. A token carries `sub`, `exp` and `role`:\n"
+              "`viewer` (the page, GET endpoints, /ws), `operator` (also start, stop,\n"
+              "restart) or `admin` (also reload). `[server] token` keeps working and\n"
+              "means admin. Without `[auth]` and `[server] token` nothing is asked.", ""]
+    parts += [_entry(k) for k in AUTH]
     parts += ["", "## Plugin keys", "", _PLUGIN_KEYS, ""]
     return "\n".join(parts)

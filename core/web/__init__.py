@@ -16,6 +16,7 @@ from hypercorn.config import Config as HyperConfig
 
 from core.config import ServerConfig
 from core.hub import Hub
+from core.identity import AuthConfig
 from core.web.app import SupervisorAPI, build_app
 from core.web.frames import GOING_AWAY
 from core.web.gate import Gate, connection_budget
@@ -44,10 +45,12 @@ def hypercorn_config(server: ServerConfig) -> HyperConfig:
 
 async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig, *,
                 shutdown: trio.Event, after_fanout: Callable[[], object] | None = None,
+                auth_config: AuthConfig | None = None,
                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until `shutdown` is set; reports the bound port once listening.
 
-    `after_fanout` is called after each tick's frames went out to the clients.
+    `after_fanout` is called after each tick's frames went out to the clients;
+    `auth_config` is the `[auth]` table (JSON Web Tokens), if any.
 
     Raises OSError naming [server] host/port when the address cannot be bound.
     """
@@ -55,7 +58,7 @@ async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig
     sock = bind(server.host, server.port, BACKLOG)
     try:
         port = sock.getsockname()[1]
-        auth = Auth(server.token, rate=server.auth_failure_rate)
+        auth = Auth(server.token, rate=server.auth_failure_rate, config=auth_config)
         fanout = Fanout(hub, server, auth, after_pass=after_fanout)
         gate = Gate(connection_budget(server.max_connections),
                     server.max_connections_per_address)

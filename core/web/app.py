@@ -23,10 +23,12 @@ from starlette.websockets import WebSocket
 
 from core.config import ServerConfig
 from core.hub import Hub
+from core.identity import required_role
 from core.web import metrics, openapi
 from core.web.rest import Handlers, error
 from core.web.security import (
     Auth,
+    Denied,
     RateLimiter,
     host_ok,
     host_refusal,
@@ -63,10 +65,6 @@ SECURITY_HEADERS = [
 ]
 
 
-def _needs_token(path: str) -> bool:
-    return (path.startswith("/api/") and path != "/api/info") or path == "/metrics"
-
-
 class Guard:
     """Refuses before any handler runs: cross-origin POSTs, missing token, floods."""
 
@@ -85,7 +83,6 @@ class Guard:
         client = scope.get("client")
         address = str(client[0]) if client else "?"
         refusal: Response | None = None
-        denied: tuple[int, str] | None = None
         if not host_ok(request.headers.get("host"), self.server.allowed_hosts):
             refusal = error(403, host_refusal(request.headers.get("host")))
         elif "transfer-encoding" in request.headers and "content-length" in request.headers:
@@ -98,15 +95,8 @@ class Guard:
                 request.headers.get("origin"), scheme=scope.get("scheme", "http"),
                 host=request.headers.get("host"), allowed=self.server.allowed_origins):
             refusal = error(403, "cross-origin request refused (see [server] allowed_origins)")
-        elif _needs_token(path) and (denied := self.auth.check(
-                request_token(request.headers), address)) is not None:
-            if denied[0] == 429:
-                refusal = error(429, denied[1])
-                refusal.headers["Retry-After"] = "5"
-            else:
-                refusal = error(401, "missing or wrong token: send "
-                                     "'Authorization: Bearer <token>'")
-                refusal.headers["WWW-Authenticate"] = "Bearer"
+        elif (refusal := self._authorize(scope, request, address)) is not None:
+            pass
         elif method == "POST" and path.startswith("/api/"):
             if not self.control.allow(address):
                 refusal = error(429, f"too many control requests (more than "
@@ -122,6 +112,24 @@ class Guard:
             await refusal(scope, receive, send_secured)
             return
         await self.app(scope, receive, send_secured)
+
+
+    def _authorize(self, scope: dict[str, Any], request: Request, address: str
+                   ) -> Response | None:
+        """None when the caller may; else the refusal. The identity goes in the scope."""
+        need = required_role(scope["method"], scope["path"])
+        try:
+            identity = self.auth.authorize(request_token(request.headers), address, need)
+        except Denied as denied:
+            refusal = error(denied.status, denied.message if denied.status != 401 else
+                            f"{denied.message}: send 'Authorization: Bearer <token>'")
+            if denied.status == 429:
+                refusal.headers["Retry-After"] = "5"
+            elif denied.status == 401:
+                refusal.headers["WWW-Authenticate"] = "Bearer"
+            return refusal
+        scope.setdefault("state", {})["identity"] = identity
+        return None
 
 
 class Root:
@@ -163,7 +171,7 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
     registry = metrics.make_registry(hub, lambda: len(fanout.clients))
     spec = openapi.document(version())
     info = {"version": version(), "interval": hub.interval,
-            "auth_required": server.token is not None, "max_clients": server.max_clients}
+            "auth_required": fanout.auth.required, "max_clients": server.max_clients}
 
     async def index(request: Request) -> Response:
         page = STATIC_DIR / "index.html"

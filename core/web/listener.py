@@ -210,7 +210,7 @@ class Listener:
             await _refuse(stream, status, message, extra)
             return
         conn = ClientConn(stream, head, rest, self.fanout.meter())
-        refusal = self.fanout.refusal(parsed, str(conn.peer[0]) if conn.peer else "?")
+        admitted = self.fanout.admit(parsed, str(conn.peer[0]) if conn.peer else "?")
         async with trio.open_nursery() as nursery:
             request = None
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
@@ -219,8 +219,8 @@ class Listener:
             try:
                 if request is None:
                     return
-                if refusal is not None:
-                    status, message = refusal
+                if isinstance(admitted, tuple):
+                    status, message = admitted
                     headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
                     if status == 429:
                         headers.append((b"retry-after", b"5"))
@@ -230,7 +230,7 @@ class Listener:
                 conn.farewell = partial(_protocol_error, ws)
                 release()
                 del parsed, head, rest  # not needed for the connection's life
-                await self.fanout.serve(ws, conn, nursery)
+                await self.fanout.serve(ws, conn, nursery, admitted)
             except (*_GONE, trio_websocket.ConnectionClosed):
                 pass
             finally:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.identity import required_role
+
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _ISO = {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"}
 _STATE = {"type": "string", "enum": ["stopped", "starting", "running", "stopping", "error"]}
@@ -123,7 +125,7 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 _ERR = {
-    "401": _json("Error", "Token missing or wrong"),
+    "401": _json("Error", "Token missing, malformed, expired or wrongly signed"),
     "429": _json("Error", "Too many control requests from this client"),
 }
 _NOT_FOUND = {"404": _json("Error", "No component with this id")}
@@ -151,7 +153,24 @@ def _control(action: str) -> dict[str, Any]:
 
 
 def document(version: str) -> dict[str, Any]:
-    """The OpenAPI document for this server version."""
+    """The OpenAPI document for this server version; each operation states its role."""
+    doc = _document(version)
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            role = required_role(method.upper(), path.replace("{cid}", "x"))
+            operation["x-required-role"] = role
+            operation["description"] = (
+                "Public: no token needed." if role is None else
+                f"Needs the role {role} or above (viewer < operator < admin) when "
+                "[auth] or [server] token is set.")
+            if role is not None:
+                operation["responses"].setdefault(
+                    "403", _json("Error", "The token's role is too low, or the request "
+                                          "came from another origin"))
+    return doc
+
+
+def _document(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Control Center", "version": version,

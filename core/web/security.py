@@ -16,6 +16,8 @@ from urllib.parse import parse_qs
 
 import trio
 
+from core.identity import AuthConfig, Identity, TokenError, Verifier
+
 #: The cookie a page may carry the token in (for a WebSocket, browsers send
 #: cookies but no Authorization header).
 TOKEN_COOKIE = "control_center_token"
@@ -112,29 +114,65 @@ def origin_ok(origin: str | None, *, scheme: str, host: str | None,
     return origin == f"{page_scheme}://{host.lower()}"
 
 
+class Denied(Exception):
+    """A request refused by `Auth`: the HTTP status (401, 403, 429) and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+#: Who calls when nothing is configured to ask: everyone may do everything.
+ANYONE = Identity("anonymous", "admin")
+
+
 class Auth:
-    """The token check, with failed attempts limited per client address.
+    """Who may do what: the static token and JSON Web Tokens with roles.
 
     Guessing a token must not go at the speed of the server: past ten
     seconds' worth of failures, an address gets 429 for every request that
-    needs the token, whatever it carries, until its bucket refills at
-    `rate` per second.
+    needs a token, whatever it carries, until its bucket refills at `rate`
+    per second.
     """
 
-    def __init__(self, token: str | None, *, rate: float = 2.0) -> None:
+    def __init__(self, token: str | None, *, rate: float = 2.0,
+                 config: AuthConfig | None = None) -> None:
         self.token = token
         self.failures = RateLimiter(rate, 10 * rate)
+        self.verifier = Verifier(config) if config is not None and config.enabled else None
 
-    def check(self, given: str | None, address: str) -> tuple[int, str] | None:
-        """None when `given` passes; else (401 or 429, the reason)."""
-        if self.token is None:
-            return None
+    @property
+    def required(self) -> bool:
+        """True when some request needs a token."""
+        return self.token is not None or self.verifier is not None
+
+    def authorize(self, given: str | None, address: str, need: str | None) -> Identity:
+        """The caller's identity if it may do what needs role `need`; else Denied."""
+        if need is None or not self.required:
+            return ANYONE
         if self.failures.blocked(address):
-            return 429, "too many failed token attempts from this address; retry later"
-        if token_ok(self.token, given):
-            return None
-        self.failures.allow(address)
-        return 401, "missing or wrong token"
+            raise Denied(429, "too many failed token attempts from this address; retry later")
+        identity = self._identify(given, address)
+        if not identity.may(need):
+            raise Denied(403, f"this needs the role {need}; the token's role is "
+                              f"{identity.role}")
+        return identity
+
+    def _identify(self, given: str | None, address: str) -> Identity:
+        if given is None:
+            self.failures.allow(address)
+            raise Denied(401, "missing token")
+        if self.token is not None and token_ok(self.token, given):
+            return Identity("static token", "admin")
+        if self.verifier is None:
+            self.failures.allow(address)
+            raise Denied(401, "wrong token")
+        try:
+            return self.verifier.verify(given)
+        except TokenError as exc:
+            self.failures.allow(address)
+            raise Denied(401, str(exc)) from None
 
 
 class RateLimiter:

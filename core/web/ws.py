@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 import trio
@@ -28,6 +29,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from core.config import ServerConfig
 from core.hub import MAX_CACHED_FILTERS, Hub, normalise_metrics
+from core.identity import Identity
 from core.web.conn import ClientConn
 from core.web.frames import (
     GOING_AWAY,
@@ -41,7 +43,9 @@ from core.web.frames import (
 )
 from core.web.head import Head
 from core.web.security import (
+    ANYONE,
     Auth,
+    Denied,
     host_ok,
     host_refusal,
     origin_ok,
@@ -121,19 +125,21 @@ class Fanout:
 
     # -- admission ---------------------------------------------------------------
 
-    def refusal(self, head: Head, address: str) -> tuple[int, str] | None:
-        """Why this (well-formed) handshake may not connect; None when it may."""
+    def admit(self, head: Head, address: str) -> Identity | tuple[int, str]:
+        """Who this (well-formed) handshake is; or (status, why) it may not connect."""
         host = head.headers.get("host")
         if not host_ok(host, self.server.allowed_hosts):
             return 403, host_refusal(host)
-        denied = self.auth.check(request_token(head.headers, head.query), address)
-        if denied is not None:
-            return denied
+        try:
+            identity = self.auth.authorize(request_token(head.headers, head.query), address,
+                                           "viewer")
+        except Denied as denied:
+            return denied.status, denied.message
         if not origin_ok(head.headers.get("origin"), scheme="ws" if not self.server.tls_cert
                          else "wss", host=head.headers.get("host"),
                          allowed=self.server.allowed_origins):
             return 403, "origin not allowed"
-        return None
+        return identity
 
     def meter(self) -> FrameMeter:
         """A new client's frame meter: every frame counts against `message_rate`."""
@@ -171,7 +177,7 @@ class Fanout:
     # -- one connection ----------------------------------------------------------
 
     async def serve(self, ws: WebSocketConnection, conn: ClientConn,
-                    nursery: trio.Nursery) -> None:
+                    nursery: trio.Nursery, identity: Identity = ANYONE) -> None:
         """Serve one accepted client until it or the server closes.
 
         Its sender runs in `nursery`, the connection's own (where
@@ -188,6 +194,8 @@ class Fanout:
             return
         self.clients.add(client)
         self._empty = trio.Event()
+        if identity.exp is not None:
+            nursery.start_soon(self._expire, client, identity.exp)
         try:
             await self._serve_client(client, nursery)
         finally:
@@ -196,6 +204,14 @@ class Fanout:
             self.clients.discard(client)
             if not self.clients:
                 self._empty.set()
+
+    async def _expire(self, client: _Client, exp: float) -> None:
+        """Close with 1008 "token expired" at the token's exp: the user is told, no retry.
+
+        Runs in the connection's nursery, which is cancelled when the client goes.
+        """
+        await trio.sleep(max(0.0, exp - time.time()))
+        client.stop(POLICY, "token expired")
 
     async def _serve_client(self, client: _Client, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._sender, client)

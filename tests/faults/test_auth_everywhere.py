@@ -184,15 +184,15 @@ def test_the_token_is_compared_in_constant_time():
     source = inspect.getsource(security.token_ok)
     assert "compare_digest" in source
     assert not _token_comparisons(ast.parse(inspect.getsource(security.token_ok).strip()))
-    # Every check of the web layer goes through Auth.check, which uses
-    # token_ok; none compares by hand.
-    assert "token_ok(" in inspect.getsource(security.Auth.check)
+    # Every check of the web layer goes through Auth.authorize, which uses
+    # token_ok (JSON Web Tokens: PyJWT); none compares by hand.
+    assert "token_ok(" in inspect.getsource(security.Auth._identify)
     web = Path(core.web.__file__).parent
     callers: dict[str, Any] = {}
     for path in sorted(web.glob("*.py")):
         tree = ast.parse(path.read_text())
         assert not _token_comparisons(tree), (path.name, _token_comparisons(tree))
-        callers[path.name] = "auth.check(" in path.read_text()
+        callers[path.name] = "auth.authorize(" in path.read_text()
     assert callers["app.py"] and callers["ws.py"], callers
 
 
