@@ -1,5 +1,6 @@
 """Command line: `python -m core [run] [--config PATH]`, `check [PATH]`,
-`config-reference`, `plugins`, `new-plugin`, `token`, and the client commands."""
+`config-reference`, `plugins`, `new-plugin`, `token`, `keygen`, and the client
+commands."""
 
 from __future__ import annotations
 
@@ -82,6 +83,21 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    """Write a new Ed25519 signing key for [server] signing_key."""
+    from pathlib import Path
+
+    from core.signing import keygen
+
+    try:
+        path = keygen(Path(args.path))
+    except OSError as exc:
+        print(f"error: cannot write {args.path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: a new Ed25519 key (mode 0600); set [server] signing_key = \"{path}\"")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from core.app import run
 
@@ -128,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     token_p.add_argument("--key", default=None,
                          help="with [auth] jwt_public_key: the matching private key (PEM)")
     token_p.set_defaults(func=_token)
+    keygen_p = sub.add_parser("keygen", help="write a new Ed25519 key for signed snapshots")
+    keygen_p.add_argument("path", help="the file to create (never overwritten)")
+    keygen_p.set_defaults(func=_keygen)
     try:
         from core.client_cli import add_commands
     except ImportError:  # the client commands are optional at build time

@@ -30,6 +30,10 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from core.signing import SignatureError, public_key_of, verify
+
+__all__ = ["ApiError", "Client", "SignatureError", "StreamClosed"]
+
 DEFAULT_URL = "http://127.0.0.1:9000"
 #: Reconnection: first delay, factor, attempts (the seed's dashboard values).
 BASE_DELAY = 3.0
@@ -71,9 +75,14 @@ class Client:
     """REST calls and the snapshot stream of one server."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,
-                 ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
+                 ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0,
+                 verify_key: Any = None) -> None:
+        """`verify_key`: the server's snapshot key (an Ed25519 public key, a PEM file,
+        or the JWKS of GET /api/keys); then `snapshots()` asks for signed snapshots and
+        raises SignatureError for one that does not verify."""
         self.url = url.rstrip("/")
         self.token = token
+        self.verify_key = None if verify_key is None else public_key_of(verify_key)
         self.ssl_context = ssl_context
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout,
@@ -153,8 +162,10 @@ class Client:
         after 1008 or when `max_attempts` connections in a row failed.
         """
         subscribe = None
-        if components is not None or metrics is not None:
+        if components is not None or metrics is not None or self.verify_key is not None:
             msg: dict[str, Any] = {"type": "subscribe"}
+            if self.verify_key is not None:
+                msg["signed"] = True
             if components is not None:
                 msg["components"] = list(components)
             if metrics is not None:
@@ -185,7 +196,7 @@ class Client:
                                                   connect_timeout=CONNECT_TIMEOUT) as ws:
                         failures = 0
                         try:
-                            if not await _pump(ws, send, subscribe):
+                            if not await _pump(ws, send, subscribe, self.verify_key):
                                 return  # the consumer went away
                         finally:
                             await _close_transport(ws)
@@ -209,12 +220,25 @@ class Client:
 
 
 async def _pump(ws: WebSocketConnection, send: trio.MemorySendChannel[dict[str, Any]],
-                subscribe: str | None) -> bool:
-    """Forward snapshots until the connection closes; False if the consumer left."""
+                subscribe: str | None, verify_key: Any = None) -> bool:
+    """Forward snapshots until the connection closes; False if the consumer left.
+
+    With `verify_key` only signed snapshots that verify are forwarded (the
+    unsigned one sent on connect, before the subscription, is skipped).
+    """
     if subscribe is not None:
         await ws.send_message(subscribe)
     while True:
-        doc = json.loads(await ws.get_message())
+        message = await ws.get_message()
+        text = message if isinstance(message, str) else message.decode()
+        if verify_key is not None and not text.startswith("{"):
+            text = verify(text, verify_key)  # SignatureError when it does not verify
+        elif verify_key is not None:
+            doc = json.loads(text)
+            if doc.get("type") == "error":
+                raise SignatureError(f"the server refused signed snapshots: {doc['error']}")
+            continue  # unsigned: sent before the subscription took effect
+        doc = json.loads(text)
         if doc.get("type") == "error":
             continue
         try:

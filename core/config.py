@@ -21,6 +21,7 @@ from core.errors import ConfigError, OptionError, did_you_mean
 from core.identity import AuthConfig, algorithm_for, load_public_key
 from core.options import UnknownOptionError
 from core.options import describe as _describe
+from core.signing import load_signing_key
 
 RESTART_POLICIES = schema.RESTART_POLICIES
 
@@ -44,6 +45,7 @@ class ServerConfig:
     max_connections_per_address: int = _S["max_connections_per_address"].default
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    signing_key: Path | None = None
     data_dir: Path = Path(_S["data_dir"].default)
     log_dir: Path = Path(_S["log_dir"].default)
     log_lines: int = _S["log_lines"].default
@@ -263,6 +265,14 @@ def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
                       "compressed (permessage-deflate cost +37 % server CPU and ~200 KB per "
                       "client); remove the key")
     values["allowed_hosts"] = tuple(h.lower().rstrip(".") for h in values["allowed_hosts"])
+    if values["signing_key"] is not None:
+        try:
+            load_signing_key(values["signing_key"])
+        except OSError as exc:
+            raise r.error("signing_key", f"cannot read {values['signing_key']}: "
+                                         f"{exc.strerror or exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise r.error("signing_key", str(exc)) from None
     raw_file = r.string("token_file", None)
     if raw_file is not None:
         if values["token"] is not None:

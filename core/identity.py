@@ -63,10 +63,11 @@ class TokenError(Exception):
 def required_role(method: str, path: str) -> str | None:
     """The role a request needs, or None when it is public.
 
-    Public: the page and its files, /healthz, /api/info, /openapi.json.
+    Public: the page and its files, /healthz, /api/info, /api/keys (the
+    snapshots' public key), /openapi.json.
     """
     if path == "/ws" or path == "/metrics" or (path.startswith("/api/")
-                                              and path != "/api/info"):
+                                              and path not in ("/api/info", "/api/keys")):
         if method != "POST":
             return "viewer"
         if path.startswith("/api/components/") and path.rsplit("/", 1)[-1] in _OPERATOR_ACTIONS:

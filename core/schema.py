@@ -115,6 +115,11 @@ SERVER: tuple[Key, ...] = (
         "PEM certificate chain; with tls_key the port serves https:// and wss:// only. "
         "Relative to this file."),
     Key("tls_key", "path", None, "The private key that goes with tls_cert."),
+    Key("signing_key", "path", None,
+        "An Ed25519 private key (PEM; `python -m core keygen FILE` writes one). Clients "
+        "that subscribe with \"signed\": true then get each snapshot as a JWS (EdDSA) "
+        "whose payload is the text other clients get; the public key is at "
+        "GET /api/keys."),
     Key("data_dir", "path", "data",
         "Where components keep their data (each gets data_dir/<id>) and where the "
         "supervisor records what it spawned (data_dir/.control-center/)."),

@@ -17,6 +17,7 @@ from hypercorn.config import Config as HyperConfig
 from core.config import ServerConfig
 from core.hub import Hub
 from core.identity import AuthConfig
+from core.signing import Signer, load_signing_key
 from core.web.app import SupervisorAPI, build_app
 from core.web.frames import GOING_AWAY
 from core.web.gate import Gate, connection_budget
@@ -59,7 +60,9 @@ async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig
     try:
         port = sock.getsockname()[1]
         auth = Auth(server.token, rate=server.auth_failure_rate, config=auth_config)
-        fanout = Fanout(hub, server, auth, after_pass=after_fanout)
+        signer = (Signer(load_signing_key(server.signing_key))
+                  if server.signing_key is not None else None)
+        fanout = Fanout(hub, server, auth, after_pass=after_fanout, signer=signer)
         gate = Gate(connection_budget(server.max_connections),
                     server.max_connections_per_address)
         listener = Listener(build_app(supervisor, hub, server, fanout), config, fanout, gate)

@@ -188,6 +188,11 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(spec)
 
+    keys = fanout.signer.jwks if fanout.signer is not None else {"keys": []}
+
+    async def api_keys(request: Request) -> Response:
+        return JSONResponse(keys)
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
@@ -195,6 +200,7 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
         Route("/", index, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/info", api_info, methods=["GET"]),
+        Route("/api/keys", api_keys, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         *handlers.routes(),

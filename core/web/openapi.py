@@ -221,6 +221,13 @@ def _document(version: str) -> dict[str, Any]:
             "/api/info": {"get": {"summary": "Server facts (no token needed)",
                                   "security": [{}],
                                   "responses": {"200": _json("Info", "Facts")}}},
+            "/api/keys": {"get": {
+                "summary": "The public key of signed snapshots, as a JWKS (RFC 7517); "
+                           "no keys without [server] signing_key",
+                "security": [{}],
+                "responses": {"200": {"description": "JWKS", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["keys"], "properties": {
+                        "keys": {"type": "array", "items": {"type": "object"}}}}}}}}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [{}],
                                  "responses": {"200": _json("Health", "Alive")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",

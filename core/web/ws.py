@@ -28,8 +28,9 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from core.config import ServerConfig
-from core.hub import MAX_CACHED_FILTERS, Hub, normalise_metrics
+from core.hub import MAX_CACHED_FILTERS, Hub, Snapshot, normalise_metrics
 from core.identity import Identity
+from core.signing import Signer
 from core.web.conn import ClientConn
 from core.web.frames import (
     GOING_AWAY,
@@ -67,13 +68,15 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 
 class _Client:
     __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "closing",
-                 "components", "conn", "metrics", "sending", "seq", "ws")
+                 "components", "conn", "metrics", "sending", "seq", "signed", "ws")
 
     def __init__(self, ws: WebSocketConnection, conn: ClientConn) -> None:
         self.ws = ws
         self.conn = conn
         self.components: frozenset[str] | None = None
         self.metrics: frozenset[str] | None = None
+        #: It asked for each snapshot as a JWS.
+        self.signed = False
         #: The seq of the last snapshot sent to this client.
         self.seq = 0
         #: The client's own task is sending (the fan-out loop leaves it alone).
@@ -109,9 +112,14 @@ class Fanout:
     """The `/ws` clients: who may connect, the tick's fan-out, each client's tasks."""
 
     def __init__(self, hub: Hub, server: ServerConfig, auth: Auth,
-                 after_pass: Callable[[], object] | None = None) -> None:
+                 after_pass: Callable[[], object] | None = None,
+                 signer: Signer | None = None) -> None:
         self.hub = hub
         self.auth = auth
+        self.signer = signer
+        # The tick's signed texts, one per distinct text (bounded like the frames).
+        self._signed: dict[str, str] = {}
+        self._signed_seq = -1
         #: Called after each tick's fan-out pass (the paced garbage collector).
         self.after_pass = after_pass
         self.server = server
@@ -263,7 +271,7 @@ class Fanout:
                     continue
                 if client.conn.plain and not client.busy:
                     try:
-                        text = self.hub.filtered_text(snap, client.components, client.metrics)
+                        text = self._text(snap, client)
                     except Exception:  # one client's trouble must not stop the fan-out
                         log.exception("websocket client %s: internal error", client.peer)
                         client.stop(INTERNAL, "internal error")
@@ -316,13 +324,27 @@ class Fanout:
                         await trio.sleep(poll)
                         continue
                     stalled_since = None
-                    text = hub.filtered_text(snap, client.components, client.metrics)
+                    text = self._text(snap, client)
                     client.seq = snap.seq
                     await conn.send_all(self._frame(snap.seq, text))
             except _GONE:
                 return  # its reader reports the disconnect to _receiver
             finally:
                 client.busy = False
+
+    def _text(self, snap: Snapshot, client: _Client) -> str:
+        """What this client gets of `snap`: its filter's text, signed if it asked."""
+        text = self.hub.filtered_text(snap, client.components, client.metrics)
+        if not client.signed or self.signer is None:
+            return text
+        if snap.seq != self._signed_seq:
+            self._signed, self._signed_seq = {}, snap.seq
+        signed = self._signed.get(text)
+        if signed is None:
+            signed = self.signer.sign(text)
+            if len(self._signed) < MAX_CACHED_FILTERS:
+                self._signed[text] = signed
+        return signed
 
     def _frame(self, seq: int, text: str) -> bytes:
         if seq != self._frames_seq:
@@ -347,8 +369,7 @@ class Fanout:
                     await ws.send_message(json.dumps({"type": "error", "error": error}))
                 elif (snap := self.hub.latest) is not None:
                     # A new subscription shows at once, not a tick later.
-                    await client.conn.send_all(text_frame(
-                        self.hub.filtered_text(snap, client.components, client.metrics)))
+                    await client.conn.send_all(text_frame(self._text(snap, client)))
             except _GONE:
                 return
 
@@ -372,9 +393,15 @@ class Fanout:
             if value is not None and len(value) > MAX_SUBSCRIPTION_NAMES:
                 return f"subscribe: {key!r} lists more than {MAX_SUBSCRIPTION_NAMES} names"
             parsed[key] = None if value is None else frozenset(value)
-        unknown = set(msg) - {"type", "components", "metrics"}
+        unknown = set(msg) - {"type", "components", "metrics", "signed"}
         if unknown:
             return f"subscribe: unknown keys {sorted(unknown)}"
+        signed = msg.get("signed", False)
+        if not isinstance(signed, bool):
+            return "subscribe: 'signed' must be true or false"
+        if signed and self.signer is None:
+            return "subscribe: signed snapshots need [server] signing_key on the server"
+        client.signed = signed
         client.components = parsed["components"]
         metrics = parsed["metrics"]
         client.metrics = None if metrics is None else normalise_metrics(metrics)
