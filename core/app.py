@@ -93,6 +93,7 @@ async def _watch_signals(supervisor: object, stop: trio.Event,
 
 async def serve(config_path: str | Path) -> int:
     """Run until SIGTERM/SIGINT; the exit status."""
+    from core import events as event_log
     from core import process
     from core.collector import PacedCollector
     from core.hub import Hub
@@ -117,6 +118,11 @@ async def serve(config_path: str | Path) -> int:
         raise StartupError(f"{config.path}: server.data_dir: cannot use {server.data_dir}: "
                            f"{exc.strerror or exc}") from None
     hub = Hub(interval=server.interval, history_seconds=server.history_seconds)
+    try:
+        events, notifiers = event_log.build(config, plugins)
+    except OSError as exc:
+        raise StartupError(f"{config.path}: server.data_dir: cannot keep the event log in "
+                           f"{server.data_dir}: {exc.strerror or exc}") from None
     supervisor = Supervisor(config, plugins, hub, record=record)
     stop = trio.Event()
     close_web = trio.Event()
@@ -128,13 +134,14 @@ async def serve(config_path: str | Path) -> int:
         try:
             await serve_web(supervisor, hub, server, shutdown=close_web,
                             after_fanout=collector.collect_if_due, auth_config=config.auth,
-                            task_status=task_status)
+                            events=events, notifiers=notifiers, task_status=task_status)
         finally:
             web_closed.set()
 
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_watch_signals, supervisor, stop)
+            nursery.start_soon(event_log.run_all, events, notifiers)
             supervisor.publish_current()
             try:
                 port = await nursery.start(run_web)

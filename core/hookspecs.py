@@ -125,3 +125,30 @@ def probe(component: ComponentInfo, pid: int) -> Probe | None:
         is written to the component's log with ``Probe.error`` as the
         reason; being unhealthy never restarts a component.
     """
+
+
+# -- events -------------------------------------------------------------------
+
+@hookspec
+def on_event(event: dict[str, Any]) -> None:
+    """Hear of every event: a state change, a restart scheduled, a give-up, a
+    health change, a probe error, a config reload, a control action.
+
+    Called for every plugin that implements it, each in its own worker
+    thread, one event at a time and in order, never on the event loop. Each
+    plugin has a bounded queue (1,000 events): a plugin that is slower than
+    the events loses the newest ones, counted and logged, and supervision
+    never waits for it. Blocking is allowed; an exception is logged and the
+    next event comes as usual.
+
+    :param event: ``{"type": "event", "id", "kind", "time" (ISO-8601 UTC),
+        "component" (or None), ...}`` plus the kind's own fields: ``old``,
+        ``new`` and ``reason`` for "state"; ``delay`` for
+        "restart_scheduled"; ``reason`` for "crashed", "gave_up" and
+        "unhealthy"; ``error`` for "probe_error"; ``added``, ``removed`` and
+        ``changed`` for "reload"; ``action``, ``actor``, ``address`` and
+        ``result`` for "control". The same document ``GET /api/events``
+        lists and ``/ws`` sends to clients that subscribe with
+        ``"events": true``.
+    :return: ignored.
+    """

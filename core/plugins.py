@@ -126,6 +126,10 @@ class PluginManager:
             self._callers[key] = found
         return found
 
+    def implementers(self, hook: str) -> list[str]:
+        """The names of the plugins that implement `hook`."""
+        return [impl.plugin_name for impl in getattr(self._pm.hook, hook).get_hookimpls()]
+
     def implements(self, plugin: str, hook: str) -> bool:
         return bool(self.caller(plugin, hook).get_hookimpls())
 

@@ -10,11 +10,13 @@ requests in flight and the listening socket closes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
 
 from core.config import ServerConfig
+from core.events import EventLog
 from core.hub import Hub
 from core.identity import AuthConfig
 from core.signing import Signer, load_signing_key
@@ -46,12 +48,15 @@ def hypercorn_config(server: ServerConfig) -> HyperConfig:
 
 async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig, *,
                 shutdown: trio.Event, after_fanout: Callable[[], object] | None = None,
-                auth_config: AuthConfig | None = None,
+                auth_config: AuthConfig | None = None, events: EventLog | None = None,
+                notifiers: list[Any] | None = None,
                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until `shutdown` is set; reports the bound port once listening.
 
     `after_fanout` is called after each tick's frames went out to the clients;
-    `auth_config` is the `[auth]` table (JSON Web Tokens), if any.
+    `auth_config` is the `[auth]` table (JSON Web Tokens), if any; `events`
+    the event log (GET /api/events, /ws subscribers) and `notifiers` its
+    notifiers (their failures in /metrics).
 
     Raises OSError naming [server] host/port when the address cannot be bound.
     """
@@ -62,14 +67,17 @@ async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig
         auth = Auth(server.token, rate=server.auth_failure_rate, config=auth_config)
         signer = (Signer(load_signing_key(server.signing_key))
                   if server.signing_key is not None else None)
-        fanout = Fanout(hub, server, auth, after_pass=after_fanout, signer=signer)
+        fanout = Fanout(hub, server, auth, after_pass=after_fanout, signer=signer,
+                        events=events)
         gate = Gate(connection_budget(server.max_connections),
                     server.max_connections_per_address)
-        listener = Listener(build_app(supervisor, hub, server, fanout), config, fanout, gate)
+        listener = Listener(build_app(supervisor, hub, server, fanout, notifiers), config,
+                            fanout, gate)
         stop_http = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fanout.broadcast)
             nursery.start_soon(fanout.watchdog)
+            nursery.start_soon(fanout.forward_events)
             async with trio.open_nursery() as http:
                 http.start_soon(lambda: listener.serve(sock, shutdown_trigger=stop_http.wait))
                 task_status.started(port)

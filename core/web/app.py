@@ -22,6 +22,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from core.config import ServerConfig
+from core.events import KINDS as EVENT_KINDS
+from core.events import parse_since
 from core.hub import Hub
 from core.identity import required_role
 from core.web import metrics, openapi
@@ -165,10 +167,11 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
-              fanout: Fanout) -> Root:
+              fanout: Fanout, notifiers: list[Any] | None = None) -> Root:
     """The HTTP side of port 9000 (everything but `/ws`), guarded like `/ws`."""
-    handlers = Handlers(supervisor, hub)  # type: ignore[arg-type]  # None: hub-only tests
-    registry = metrics.make_registry(hub, lambda: len(fanout.clients))
+    handlers = Handlers(supervisor, hub, fanout.events)  # type: ignore[arg-type]  # None: tests
+    registry = metrics.make_registry(hub, lambda: len(fanout.clients), fanout.events,
+                                     notifiers)
     spec = openapi.document(version())
     info = {"version": version(), "interval": hub.interval,
             "auth_required": fanout.auth.required, "max_clients": server.max_clients}
@@ -193,6 +196,24 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
     async def api_keys(request: Request) -> Response:
         return JSONResponse(keys)
 
+    async def api_events(request: Request) -> Response:
+        params = request.query_params
+        try:
+            since = parse_since(params["since"]) if "since" in params else None
+            limit = int(params.get("limit", "100"))
+        except ValueError as exc:
+            return error(400, str(exc))
+        if not 1 <= limit <= 10_000:
+            return error(400, f"limit: expected an integer from 1 to 10000, got {limit}")
+        kind = params.get("kind")
+        if kind is not None and kind not in EVENT_KINDS:
+            return error(400, f"kind: expected one of {', '.join(EVENT_KINDS)}, got {kind!r}")
+        if fanout.events is None:
+            return JSONResponse({"events": []})
+        found = await fanout.events.query(since=since, component=params.get("component"),
+                                          kind=kind, limit=limit)
+        return JSONResponse({"events": [e.as_dict() for e in found]})
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
@@ -201,6 +222,7 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/info", api_info, methods=["GET"]),
         Route("/api/keys", api_keys, methods=["GET"]),
+        Route("/api/events", api_events, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         *handlers.routes(),

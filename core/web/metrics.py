@@ -85,9 +85,31 @@ class _SnapshotCollector(Collector):
                 yield family
 
 
-def make_registry(hub: Hub, clients: Callable[[], int]) -> CollectorRegistry:
+class _EventCollector(Collector):
+    """Events by kind, and notifications that failed for good."""
+
+    def __init__(self, events: Any, notifiers: list[Any]) -> None:
+        self.events = events
+        self.notifiers = notifiers
+
+    def collect(self) -> Iterator[Any]:
+        total = CounterMetricFamily("control_center_events", "Events by kind.",
+                                    labels=["kind"])
+        for kind, count in sorted(self.events.counts.items()):
+            total.add_metric([kind], count)
+        yield total
+        failed = CounterMetricFamily("control_center_notifications_failed",
+                                     "Notifications given up after their retries.")
+        failed.add_metric([], sum(n.failed for n in self.notifiers))
+        yield failed
+
+
+def make_registry(hub: Hub, clients: Callable[[], int], events: Any = None,
+                  notifiers: list[Any] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(hub, clients))
+    if events is not None:
+        registry.register(_EventCollector(events, notifiers or []))
     return registry
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.events import KINDS as EVENT_KINDS
 from core.identity import required_role
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -221,6 +222,23 @@ def _document(version: str) -> dict[str, Any]:
             "/api/info": {"get": {"summary": "Server facts (no token needed)",
                                   "security": [{}],
                                   "responses": {"200": _json("Info", "Facts")}}},
+            "/api/events": {"get": {
+                "summary": "The event log, newest last: state changes, restarts, give-ups, "
+                           "health, probe errors, reloads, control actions",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": {"type": "number"},
+                     "description": "epoch seconds (an ISO-8601 time ending in Z is also "
+                                    "accepted)"},
+                    {"name": "component", "in": "query", "schema": {"type": "string"}},
+                    {"name": "kind", "in": "query",
+                     "schema": {"type": "string", "enum": list(EVENT_KINDS)}},
+                    {"name": "limit", "in": "query", "schema": {
+                        "type": "integer", "minimum": 1, "maximum": 10000, "default": 100}}],
+                "responses": {"200": {"description": "Events", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["events"], "properties": {
+                            "events": {"type": "array", "items": {"type": "object"}}}}}}},
+                    "400": _json("Error", "Bad query value"), **_ERR}}},
             "/api/keys": {"get": {
                 "summary": "The public key of signed snapshots, as a JWKS (RFC 7517); "
                            "no keys without [server] signing_key",

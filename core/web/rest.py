@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.errors import ConfigError, OptionError, ShuttingDown, UnknownComponent
+from core.events import EventLog
 from core.hub import Hub
 from core.web.head import error_body
 from core.web.supervisor_api import SupervisorAPI
@@ -72,9 +73,11 @@ def _float_param(request: Request, name: str) -> float | None:
 class Handlers:
     """The REST endpoints of one server, bound to its supervisor and hub."""
 
-    def __init__(self, supervisor: SupervisorAPI, hub: Hub) -> None:
+    def __init__(self, supervisor: SupervisorAPI, hub: Hub, events: EventLog | None = None
+                 ) -> None:
         self.sup = supervisor
         self.hub = hub
+        self.events = events
 
     def _component(self, cid: str) -> dict[str, Any]:
         try:
@@ -111,10 +114,23 @@ class Handlers:
         try:
             view = await method(cid, **kwargs)
         except UnknownComponent:
+            self._audit(request, action, cid, "unknown component")
             return error(404, f"no component with id {cid!r}")
         except ShuttingDown as exc:
+            self._audit(request, action, cid, "refused: shutting down")
             return error(503, str(exc))
+        self._audit(request, action, cid, f"ok, now {view.get('state')}")
         return JSONResponse({"success": True, "component": {"id": cid, **view}})
+
+    def _audit(self, request: Request, action: str, cid: str | None, result: str) -> None:
+        """A control action in the event log: what, on which component, by whom, from where."""
+        if self.events is None:
+            return
+        identity = request.scope.get("state", {}).get("identity")
+        client = request.scope.get("client")
+        self.events.emit("control", cid, action=action,
+                         actor=identity.sub if identity is not None else "anonymous",
+                         address=str(client[0]) if client else None, result=result)
 
     async def logs(self, request: Request) -> Response:
         cid = request.path_params["cid"]

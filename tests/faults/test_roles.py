@@ -45,11 +45,12 @@ def request(srv: CoreServer, method: str, path: str, token: str | None
 
 
 def cli_token(config: Path, role: str, ttl: str = "1h", *extra: str) -> str:
+    sub = [] if "--sub" in extra else ["--sub", f"{role}-tester"]
     out = subprocess.run([sys.executable, "-m", "core", "token", "--role", role, "--ttl", ttl,
-                          "--sub", f"{role}-tester", "--config", str(config), *extra],
+                          *sub, "--config", str(config), *extra],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    return out.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +169,27 @@ def test_the_static_token_still_means_admin(tmp_path):
     with serving(tmp_path, component_table("a", autostart=False) + AUTH, token=static) as srv:
         assert request(srv, "POST", "/api/reload", static)[0] == 200
         assert request(srv, "POST", "/api/reload", "nope")[0] == 401
+
+
+def test_the_audit_trail_names_who_stopped_a_component(srv):
+    alice = cli_token(srv.config_path, "operator", "10m", "--sub", "alice")
+
+    async def main() -> dict:
+        async with ws_client(f"{srv.ws_url}?token={alice}") as ws:
+            await ws.send_message(json.dumps({"type": "subscribe", "events": True}))
+            status, _ = await trio.to_thread.run_sync(
+                request, srv, "POST", "/api/components/a/stop", alice)
+            assert status == 200
+            with trio.fail_after(10):
+                while True:
+                    doc = json.loads(await ws.get_message())
+                    if doc.get("type") == "event" and doc["kind"] == "control":
+                        return doc
+
+    pushed = trio.run(main)
+    assert pushed["actor"] == "alice" and pushed["action"] == "stop"
+    status, body = request(srv, "GET", "/api/events?kind=control&component=a", alice)
+    assert status == 200
+    last = body["events"][-1]
+    assert (last["actor"], last["action"], last["component"]) == ("alice", "stop", "a")
+    assert last["address"] == "127.0.0.1" and last["result"].startswith("ok")
