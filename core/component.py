@@ -102,7 +102,12 @@ class Component:
         return was != self.health
 
     def describe(self, mono: float, stamp: str) -> dict[str, Any]:
-        """This component as in the snapshot; `stamp` is its last_updated, formatted."""
+        """This component as in the snapshot; `stamp` is its last_updated, formatted.
+
+        A view built between two ticks (a REST answer) carries the earlier
+        tick's stamp: the dashboard relies on that to tell which of a REST
+        answer and a snapshot that arrive out of order is the newer.
+        """
         running = self.pid is not None
         error = self.error
         if self.probe_error and running:

@@ -51,7 +51,7 @@ export class ComponentCards {
       if (this.container.children[index] !== card.root) {
         this.container.insertBefore(card.root, this.container.children[index] || null);
       }
-      this.fill(card, components[cid]);
+      if (!this.older(card, components[cid], false)) this.fill(card, components[cid]);
     });
     this.onCount(ids.length);
   }
@@ -62,7 +62,7 @@ export class ComponentCards {
     root.id = `component-${cid}`;
     const q = (selector) => root.querySelector(selector);
     const card = {
-      cid, root, data: null, pending: null, feedbackTimer: null,
+      cid, root, data: null, shownAt: "", shownRest: false, pending: null, feedbackTimer: null,
       name: q(".card-name"), state: q(".state-text"), error: q(".card-error"),
       note: q(".card-note"), feedback: q(".card-feedback"), logsName: q(".logs .sr-only"),
       fields: {
@@ -86,8 +86,22 @@ export class ComponentCards {
     return card;
   }
 
-  fill(card, c) {
+  // Whether `c` is older than what the card shows. A REST answer and a
+  // snapshot travel on two connections, so one built earlier can arrive later
+  // (a snapshot saying "starting" after the answer to Start said "running").
+  // Both carry `last_updated`, the time of the last snapshot published before
+  // they were built: a REST answer with stamp T is newer than the snapshot of
+  // T and older than any later one.
+  older(card, c, rest) {
+    if (!card.data) return false;
+    const at = c.last_updated || "";
+    return at < card.shownAt || (at === card.shownAt && card.shownRest && !rest);
+  }
+
+  fill(card, c, rest = false) {
     card.data = c;
+    card.shownAt = c.last_updated || "";
+    card.shownRest = rest;
     const state = c.state || "stopped";
     card.root.dataset.state = state;
     setText(card.name, c.name || card.cid);
@@ -152,7 +166,9 @@ export class ComponentCards {
       const result = await api(`/api/components/${encodeURIComponent(card.cid)}/${action}`,
         {method: "POST"});
       card.pending = null;
-      if (result && result.component) this.fill(card, result.component);
+      if (result && result.component && !this.older(card, result.component, true)) {
+        this.fill(card, result.component, true);
+      }
       const now = result && result.component ? result.component.state : "done";
       this.showFeedback(card, `${LABEL[action]} accepted: now ${now}.`, "ok");
     } catch (err) {
