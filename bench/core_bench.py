@@ -3,6 +3,7 @@
     python bench/core_bench.py restart [--runs 20]
     python bench/core_bench.py tick [--components 200] [--ticks 20]
     python bench/core_bench.py idle [--components 50] [--seconds 60]
+    python bench/core_bench.py crashloop [--seconds 10]
 
 Every run is bounded in count and time, spawns only its own children and
 ends them before it returns.
@@ -188,6 +189,33 @@ def _idle(components: int, seconds: float, directory: Path) -> dict[str, float]:
             proc.kill()
 
 
+def _crashloop(seconds: float, directory: Path) -> dict[str, float]:
+    """The supervisor's CPU while one child exits at once, forever, backing off
+    0.05 s doubling to 0.4 s, with snapshots every 0.25 s (the fault test's setup)."""
+    body = (f"[server]\nport = {_free_port()}\ninterval = 0.25\n"
+            f'[components.crashy]\nplugin = "process"\n'
+            f'command = ["{PY}", "-c", "import sys; sys.exit(3)"]\nbackoff_initial = 0.05\n'
+            f"backoff_factor = 2.0\nbackoff_max = 0.4\nmax_failures = 1000\n"
+            f'[components.steady]\nplugin = "process"\ncommand = {SLEEPER}\n')
+    path = directory / "config.toml"
+    path.write_text(body)
+    proc = subprocess.Popen([PY, "-m", "core", "--config", str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sup = psutil.Process(proc.pid)
+        time.sleep(3)  # start-up, and the backoff reaches its maximum
+        cpu0, t0 = sum(sup.cpu_times()[:2]), time.monotonic()
+        time.sleep(seconds)
+        cpu, wall = sum(sup.cpu_times()[:2]) - cpu0, time.monotonic() - t0
+        return {"cpu_percent_of_one_core": 100 * cpu / wall}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _free_port() -> int:
     import socket
 
@@ -210,6 +238,8 @@ def main() -> None:
     p = sub.add_parser("idle")
     p.add_argument("--components", type=int, default=50)
     p.add_argument("--seconds", type=float, default=60)
+    p = sub.add_parser("crashloop")
+    p.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,6 +256,11 @@ def main() -> None:
                   f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms wall; longest "
                   f"event-loop step {r['longest_step_ms']:.2f} ms ({r['where']}; of which "
                   f"{r['longest_step_cpu_ms']:.2f} ms on the CPU)")
+        elif args.what == "crashloop":
+            r = _crashloop(args.seconds, directory)
+            print(f"crash loop (a restart every 0.4 s, snapshots every 0.25 s) for "
+                  f"{args.seconds:g} s: supervisor CPU {r['cpu_percent_of_one_core']:.2f} % "
+                  "of one core")
         else:
             r = _idle(args.components, args.seconds, directory)
             print(f"idle with {args.components} components for {args.seconds:g} s: supervisor "
