@@ -67,6 +67,14 @@ def reap_orphans() -> list[int]:
     in the supervisor's own session are left alone too: those are children that
     other code started with a plain fork and will wait for itself.
     """
+    # Cheap first (every tick calls this): no child of ours waits to be reaped,
+    # so no pass over /proc. Our own exited leaders show here too, briefly.
+    try:
+        waiting = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return []
+    if waiting is None:
+        return []
     with REGISTRY_LOCK:
         return reap_from(scan())
 
