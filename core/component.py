@@ -51,6 +51,8 @@ class Component:
     #: Whether the current run is probed (its plugin has a probe hook and the
     #: Launch did not opt out).
     probes: bool = False
+    #: The current run's built-in check (Launch.health), run on the event loop.
+    health_check: str | None = None
     # One worker thread at a time per component and kind of hook: a plugin
     # that hangs holds its own token (abandoned threads keep theirs until
     # they return) and never starves another component.

@@ -52,12 +52,16 @@ class Launch:
     supervisor's environment; `cwd` None means the config directory.
     `probe` False says this run has nothing to check beyond being alive: the
     core then skips the `probe` hook for it (no worker thread per tick).
+    `health`, an ``http://`` or ``https://`` URL (a 2xx answer is healthy) or
+    ``tcp://host:port`` (a connection is healthy), is a check the core runs
+    itself on its event loop instead of calling the `probe` hook.
     """
 
     argv: tuple[str, ...]
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     probe: bool = True
+    health: str | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(a, str) for a in self.argv):

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from core import health
 from core.component import Component, call_hook, describe_exc, exit_text
 from core.errors import PluginError
-from core.model import Launch
+from core.model import Launch, Probe
 from core.policy import Action, Backoff, after_exit
 from core.process import ChildProcess, SpawnError
 from core.states import ComponentState, check_transition
@@ -201,7 +202,9 @@ class Runner:
             raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned a Launch that "
                               f"cannot be run: {exc}") from None
         comp.child = child
-        comp.probes = launch.probe and self.plugins.implements(comp.cfg.plugin, "probe")
+        comp.health_check = launch.health if launch.probe else None
+        comp.probes = launch.probe and (comp.health_check is not None
+                                        or self.plugins.implements(comp.cfg.plugin, "probe"))
         if self.record is not None:
             self.record.add(comp.cfg.id, child.pid)
         return child
@@ -231,13 +234,19 @@ class Runner:
     # -- probes ------------------------------------------------------------------
 
     async def probe(self, comp: Component, done: trio.Event) -> None:
-        """One probe of `comp` through its plugin (a worker thread, bounded)."""
+        """One probe of `comp`: its built-in check on the loop, or its plugin's
+        probe hook in a worker thread; bounded by probe_timeout either way."""
         pid = comp.pid
         if pid is None:
             done.set()
             return
         comp.probe_busy_since = time.monotonic()
         try:
+            if comp.health_check is not None:
+                result = await self._builtin_check(comp.health_check, comp.cfg.probe_timeout)
+                if comp.apply_probe(pid, result):
+                    self.notify()
+                return
             async with self._probe_slots:
                 result = await call_hook(self.plugins, comp, "probe",
                                          timeout=comp.cfg.probe_timeout,
@@ -253,6 +262,13 @@ class Runner:
         finally:
             comp.probe_busy_since = None
             done.set()
+
+    @staticmethod
+    async def _builtin_check(spec: str, timeout: float) -> Probe:
+        with trio.move_on_after(timeout):
+            return await health.check(spec)
+        return Probe(healthy=False, error=f"health check {spec} did not answer within "
+                                          f"{timeout:g} s")
 
     async def _startup_probes(self, comp: Component) -> None:
         deadline = trio.current_time() + comp.cfg.start_timeout
