@@ -274,3 +274,50 @@ def test_phone_width_and_keyboard(new_page: Any, server: Any) -> None:
     card(page, "beta").locator("[data-action=start]").click()
     wait_state(page, "beta", "running")
     errors.check()
+
+
+def visible_cards(page: Any) -> list[str]:
+    return page.evaluate("""() => [...document.querySelectorAll('.card')]
+        .filter((c) => !c.hidden && !c.closest('.group').hidden).map((c) => c.dataset.id)""")
+
+
+def test_filter_by_name_and_state_and_group_by_plugin_or_state(new_page: Any,
+                                                               server: Any) -> None:
+    page, errors = open_dashboard(new_page, server)
+    wait_state(page, "alpha", "running")
+    wait_state(page, "broken", "error")
+    assert visible_cards(page) == ["alpha", "beta", "broken"]
+    assert page.locator("#filter-count").inner_text() == ""
+
+    page.fill("#filter-name", "ALP")  # name or id, any case
+    page.wait_for_function("() => document.querySelector('#component-beta').hidden")
+    assert visible_cards(page) == ["alpha"]
+    assert page.locator("#filter-count").inner_text() == "1 of 3 shown"
+    page.fill("#filter-name", "job")  # "Broken job": the display name counts too
+    page.wait_for_function("() => !document.querySelector('#component-broken').hidden")
+    assert visible_cards(page) == ["broken"]
+
+    page.fill("#filter-name", "")
+    page.select_option("#filter-state", "running")
+    assert visible_cards(page) == ["alpha", "beta"]
+    # Filtered out is not stale: a card shown again carries the latest figures.
+    page.select_option("#filter-state", "error")
+    assert visible_cards(page) == ["broken"]
+    page.select_option("#filter-state", "")
+
+    page.select_option("#group-by", "state")
+    titles = page.locator(".group:not([hidden]) .group-title").all_inner_texts()
+    assert [t.split() for t in titles] == [["error", "1"], ["running", "2"]]
+    page.select_option("#group-by", "plugin")
+    titles = page.locator(".group:not([hidden]) .group-title").all_inner_texts()
+    assert [t.split() for t in titles] == [["process", "3"]]
+    assert visible_cards(page) == ["alpha", "beta", "broken"]
+
+    # The view is in the address: a reload (or a shared link) keeps it.
+    page.select_option("#filter-state", "running")
+    assert "state=running" in page.url and "group=plugin" in page.url
+    page.reload()
+    wait_state(page, "alpha", "running")
+    assert page.locator("#filter-state").input_value() == "running"
+    assert visible_cards(page) == ["alpha", "beta"]
+    errors.check()

@@ -28,8 +28,56 @@ export class ComponentCards {
     this.container = container;
     this.interval = options.interval;
     this.onCount = options.onCount || (() => {});
+    this.onShown = options.onShown || (() => {});
     this.template = document.getElementById("card-template");
     this.cards = new Map();
+    this.groups = new Map();
+    this.filter = {name: "", state: "", group: ""};
+    this.order = [];
+  }
+
+  /** Show only cards matching `name` (in name or id) and `state`, grouped by `group`. */
+  setFilter(filter) {
+    this.filter = {...this.filter, ...filter};
+    this.filter.name = (this.filter.name || "").trim().toLowerCase();
+    this.layout();
+  }
+
+  matches(card) {
+    const {name, state} = this.filter;
+    const c = card.latest;
+    if (state && (c.state || "stopped") !== state) return false;
+    if (!name) return true;
+    return card.cid.toLowerCase().includes(name) ||
+      (c.name || "").toLowerCase().includes(name);
+  }
+
+  groupKey(card) {
+    const by = this.filter.group;
+    if (!by) return "";
+    return String(card.latest[by] || (by === "state" ? "stopped" : "other"));
+  }
+
+  group(key) {
+    let group = this.groups.get(key);
+    if (!group) {
+      const root = document.createElement("section");
+      root.className = "group";
+      const title = document.createElement("h3");
+      title.className = "group-title";
+      const label = document.createElement("span");
+      const count = document.createElement("span");
+      count.className = "count";
+      title.append(label, " ", count);
+      const list = document.createElement("div");
+      list.className = "cards";
+      root.append(title, list);
+      label.textContent = key;
+      title.hidden = key === "";
+      group = {key, root, title, count, list, size: 0};
+      this.groups.set(key, group);
+    }
+    return group;
   }
 
   update(components) {
@@ -41,19 +89,59 @@ export class ComponentCards {
         this.cards.delete(cid);
       }
     }
-    ids.forEach((cid, index) => {
+    for (const cid of ids) {
       let card = this.cards.get(cid);
       if (!card) {
         card = this.create(cid);
         this.cards.set(cid, card);
       }
-      // Keep config order even when components are added by a reload.
-      if (this.container.children[index] !== card.root) {
-        this.container.insertBefore(card.root, this.container.children[index] || null);
+      if (!this.older(card, components[cid], false)) {
+        card.latest = components[cid];
+        card.latestRest = false;
       }
-      if (!this.older(card, components[cid], false)) this.fill(card, components[cid]);
-    });
+    }
+    this.order = ids;
+    this.layout();
     this.onCount(ids.length);
+  }
+
+  // Places every card in its group, in config order, and fills the visible
+  // ones; a hidden card is filled when it is shown again (no work per update
+  // for what nobody sees).
+  layout() {
+    const used = new Map();
+    let shown = 0;
+    for (const cid of this.order) {
+      const card = this.cards.get(cid);
+      if (!card || !card.latest) continue;
+      const visible = this.matches(card);
+      if (card.root.hidden === visible) card.root.hidden = !visible;
+      if (!visible) continue;
+      shown += 1;
+      const group = this.group(this.groupKey(card));
+      const at = used.get(group) || 0;
+      used.set(group, at + 1);
+      if (group.list.children[at] !== card.root) {
+        group.list.insertBefore(card.root, group.list.children[at] || null);
+      }
+      if (card.data !== card.latest) this.fill(card, card.latest, card.latestRest);
+    }
+    // Hidden cards go after the shown ones of whichever list holds them.
+    let index = 0;
+    for (const key of [...this.groups.keys()].sort()) {
+      const group = this.groups.get(key);
+      const size = used.get(group) || 0;
+      group.root.hidden = size === 0;
+      if (group.size !== size) {
+        group.size = size;
+        group.count.textContent = String(size);
+      }
+      if (this.container.children[index] !== group.root) {
+        this.container.insertBefore(group.root, this.container.children[index] || null);
+      }
+      index += 1;
+    }
+    this.onShown(shown, this.order.length);
   }
 
   create(cid) {
@@ -62,7 +150,8 @@ export class ComponentCards {
     root.id = `component-${cid}`;
     const q = (selector) => root.querySelector(selector);
     const card = {
-      cid, root, data: null, shownAt: "", shownRest: false, pending: null, feedbackTimer: null,
+      cid, root, data: null, latest: null, latestRest: false, pending: null,
+      feedbackTimer: null, buttonsKey: "",
       name: q(".card-name"), state: q(".state-text"), error: q(".card-error"),
       note: q(".card-note"), feedback: q(".card-feedback"), logsName: q(".logs .sr-only"),
       fields: {
@@ -93,15 +182,16 @@ export class ComponentCards {
   // they were built: a REST answer with stamp T is newer than the snapshot of
   // T and older than any later one.
   older(card, c, rest) {
-    if (!card.data) return false;
+    if (!card.latest) return false;
     const at = c.last_updated || "";
-    return at < card.shownAt || (at === card.shownAt && card.shownRest && !rest);
+    const known = card.latest.last_updated || "";
+    return at < known || (at === known && card.latestRest && !rest);
   }
 
   fill(card, c, rest = false) {
     card.data = c;
-    card.shownAt = c.last_updated || "";
-    card.shownRest = rest;
+    card.latest = c;
+    card.latestRest = rest;
     const state = c.state || "stopped";
     card.root.dataset.state = state;
     setText(card.name, c.name || card.cid);
@@ -133,6 +223,11 @@ export class ComponentCards {
 
   renderButtons(card) {
     const state = card.data ? card.data.state : null;
+    const name = card.data ? card.data.name || card.cid : card.cid;
+    // Unchanged (the usual update): no attribute writes, no style recalculation.
+    const key = `${state}|${card.pending}|${name}`;
+    if (card.buttonsKey === key) return;
+    card.buttonsKey = key;
     for (const [action, button] of Object.entries(card.buttons)) {
       button.disabled = card.pending !== null || !CAN[action].has(state);
       const busy = card.pending === action;
@@ -140,7 +235,6 @@ export class ComponentCards {
       button.setAttribute("aria-busy", busy ? "true" : "false");
       setText(button, busy ? BUSY_LABEL[action] : LABEL[action]);
       // Every card has a "Stop": name the component for screen readers.
-      const name = card.data ? card.data.name || card.cid : card.cid;
       button.setAttribute("aria-label", `${busy ? BUSY_LABEL[action] : LABEL[action]} ${name}`);
     }
   }
@@ -167,7 +261,9 @@ export class ComponentCards {
         {method: "POST"});
       card.pending = null;
       if (result && result.component && !this.older(card, result.component, true)) {
-        this.fill(card, result.component, true);
+        card.latest = result.component;
+        card.latestRest = true;
+        this.layout();
       }
       const now = result && result.component ? result.component.state : "done";
       this.showFeedback(card, `${LABEL[action]} accepted: now ${now}.`, "ok");
