@@ -6,9 +6,9 @@ Starts `python -m core` with `--components` sleepers (interval 1 s) on
 127.0.0.1, opens the page in Debian's Chromium (Playwright), and reads the
 Performance API measures the page leaves per snapshot: "snapshot-script"
 (its own script) and "snapshot-render" (the next frame's rendering: style,
-layout and paint); their sum is the page's work per update. Reported with all shown, with a name filter that
-leaves ten, and grouped by state. Bounded: every wait has a deadline, and
-the supervisor is stopped by its PID.
+layout and paint); their sum is the page's work per update. Reported with
+all shown, with a name filter that leaves ten, and grouped by state.
+Bounded: every wait has a deadline, and the supervisor is stopped by its PID.
 """
 
 from __future__ import annotations
