@@ -60,6 +60,8 @@ S = ComponentState
 #: Up to this many children the tick reads their figures on the event loop
 #: (about 20 us each); more go to a worker thread.
 INLINE_STATS = 100
+#: The snapshot is built this many components per event-loop step.
+PUBLISH_CHUNK = 250
 #: How long a reload may take to read and validate config.toml.
 CONFIG_LOAD_TIMEOUT = 5.0
 
@@ -236,7 +238,7 @@ class Supervisor:
             await trio.sleep_until(next_at - self._measure_bound())
             stats = await self._measure()
             await trio.sleep_until(next_at)
-            self._publish(stats)
+            await self._publish(stats)
             next_at += interval
             now = trio.current_time()
             if next_at < now:  # a tick took longer than an interval: do not burst
@@ -244,7 +246,7 @@ class Supervisor:
 
     async def tick(self) -> dict[str, Any]:
         """One probe pass and one snapshot, published to the hub at once."""
-        return self._publish(await self._measure())
+        return await self._publish(await self._measure())
 
     def _measure_bound(self) -> float:
         """How long a probe pass may wait for its probes."""
@@ -277,15 +279,26 @@ class Supervisor:
                 await ev.wait()
         return stats
 
-    def _publish(self, stats: SystemStats) -> dict[str, Any]:
-        """The snapshot of the current state, with `stats`, to the hub."""
+    async def _publish(self, stats: SystemStats) -> dict[str, Any]:
+        """The snapshot of the current state, with `stats`, to the hub.
+
+        Built PUBLISH_CHUNK components per event-loop step, so that 1,000 do
+        not hold the loop for one long step. Each entry is the component as
+        of its own step, and its last_updated is this snapshot's from then on:
+        a REST answer built in between is newer than the entry it follows and
+        older than the one it precedes, as the dashboard expects.
+        """
         now = time.time()
         mono = time.monotonic()
         stamp = self._iso(now)
         procs = stats.processes
         described = {}
         metrics = []
-        for cid, comp in self._components.items():
+        for n, (cid, comp) in enumerate(list(self._components.items()), 1):
+            if n % PUBLISH_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
+            if comp.removed:  # by a reload meanwhile
+                continue
             pid = comp.pid
             ps = procs.get(pid) if pid is not None else None
             if ps is None:
