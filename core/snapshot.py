@@ -1,6 +1,6 @@
 """Probes -> the snapshot document.
 
-The OS figures of every running component (two /proc reads each) and the
+The OS figures of every running component (one /proc read each) and the
 system figures are read in one worker-thread call per tick: a pass over a
 few hundred processes takes milliseconds and must never run on the event loop.
 """
@@ -44,24 +44,27 @@ class SystemStats:
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
+#: Up to this many children keep their /proc/PID/stat open between ticks
+#: (one pread a tick instead of open, read, close); the rest open it each time.
+KEEP_OPEN = 256
+
+
+def parse_stat(data: bytes) -> tuple[int, int, int] | None:
+    """(start time, CPU ticks used, resident pages) from /proc/PID/stat; None for a zombie.
+
+    One file has all three (utime, stime: fields 14-15; starttime: 22; rss: 24).
+    """
+    fields = data[data.rfind(b")") + 2:].split()
+    if not fields or fields[0] == b"Z":
+        return None
+    return int(fields[19]), int(fields[11]) + int(fields[12]), int(fields[21])
+
 
 def read_process(pid: int) -> tuple[int, int, int] | None:
-    """(start time, CPU ticks used, resident pages) of `pid` from two /proc reads.
-
-    None if it is gone or a zombie. psutil's oneshot() with cpu_percent and
-    memory_info costs several reads and objects per process; this is the
-    two the figures need.
-    """
+    """parse_stat of `pid`, opened for this read alone; None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            statm = f.read()
-        # After "pid (comm) ": state is field 3; utime, stime 14-15; starttime 22.
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if fields[0] == b"Z":
-            return None
-        return int(fields[19]), int(fields[11]) + int(fields[12]), int(statm.split()[1])
+            return parse_stat(f.read())
     except (OSError, ValueError, IndexError):
         return None
 
@@ -71,14 +74,33 @@ class StatsReader:
 
     A process's first sample reports cpu_percent 0.0 (as psutil does): CPU
     use is a difference between two ticks. A pid whose start time changed is
-    another process, and starts over. Not thread-safe: one reader, one thread
-    at a time (the tick awaits each pass before starting the next).
+    another process, and starts over; a kept-open stat file of a process that
+    is gone fails to read rather than describe its pid's next owner. Not
+    thread-safe: one reader, one thread at a time (the tick awaits each pass
+    before starting the next).
     """
 
     def __init__(self) -> None:
         # pid -> (start time, CPU ticks, monotonic time of the sample)
         self._last: dict[int, tuple[int, int, float]] = {}
+        self._files: dict[int, int] = {}
         psutil.cpu_percent(None)  # prime: the first call always returns 0.0
+
+    def _sample(self, pid: int) -> tuple[int, int, int] | None:
+        fd = self._files.get(pid)
+        if fd is None:
+            if len(self._files) >= KEEP_OPEN:
+                return read_process(pid)
+            try:
+                fd = self._files[pid] = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            return parse_stat(os.pread(fd, 1024, 0))
+        except (OSError, ValueError, IndexError):
+            self._files.pop(pid, None)
+            os.close(fd)
+            return None
 
     def read(self, pids: Iterable[int]) -> SystemStats:
         last = self._last
@@ -86,7 +108,7 @@ class StatsReader:
         seen: dict[int, tuple[int, int, float]] = {}
         out: dict[int, ProcessStats] = {}
         for pid in pids:
-            sample = read_process(pid)
+            sample = self._sample(pid)
             if sample is None:
                 continue
             start, ticks, pages = sample
@@ -98,11 +120,21 @@ class StatsReader:
             out[pid] = ProcessStats(cpu_percent=round(cpu, 1),
                                     memory_mb=round(pages * _PAGE_MB, 1))
         self._last = seen
+        for pid in [p for p in self._files if p not in seen]:
+            os.close(self._files.pop(pid))
         return SystemStats(
             cpu_percent=round(psutil.cpu_percent(None), 1),
             memory_percent=round(psutil.virtual_memory().percent, 1),
             processes=out,
         )
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def merge_metrics(contributions: Iterable[Mapping[str, float]]) -> dict[str, float]:
