@@ -8,6 +8,7 @@ few hundred processes takes milliseconds and must never run on the event loop.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 #: Up to this many children keep their /proc/PID/stat open between ticks
-#: (one pread a tick instead of open, read, close); the rest open it each time.
-KEEP_OPEN = 256
+#: (one pread a tick instead of open, read, close); the rest open it each
+#: time. A quarter of the descriptor limit at most: each child already holds
+#: three (two pipes and a pidfd).
+KEEP_OPEN = min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 
 
 def parse_stat(data: bytes) -> tuple[int, int, int] | None:
