@@ -193,7 +193,9 @@ export class ComponentCards {
     card.latest = c;
     card.latestRest = rest;
     const state = c.state || "stopped";
-    card.root.dataset.state = state;
+    // Writes only what changed: an attribute set to its own value still
+    // invalidates style, and most of 1,000 cards change only their figures.
+    if (card.root.dataset.state !== state) card.root.dataset.state = state;
     setText(card.name, c.name || card.cid);
     const deps = Array.isArray(c.depends_on) && c.depends_on.length
       ? ` · needs ${c.depends_on.join(", ")}` : "";
@@ -207,17 +209,17 @@ export class ComponentCards {
     setText(f.memory, formatMegabytes(c.memory_mb));
     setText(f.restarts, c.restarts == null ? "–" : String(c.restarts));
     setText(f.health, c.health || "–");
-    f.health.dataset.health = c.health || "";
+    if (f.health.dataset.health !== (c.health || "")) f.health.dataset.health = c.health || "";
 
     setText(card.error, c.error || "");
-    card.error.hidden = !c.error;
+    if (card.error.hidden !== !c.error) card.error.hidden = !c.error;
     const notes = [];
     if (typeof c.next_restart_in === "number") {
       notes.push(`Restarting in ${formatNumber(c.next_restart_in, 1)} s`);
     }
     if (c.exit_code != null && state !== "running") notes.push(`Exit code ${c.exit_code}`);
     setText(card.note, notes.join(" · "));
-    card.note.hidden = notes.length === 0;
+    if (card.note.hidden !== (notes.length === 0)) card.note.hidden = notes.length === 0;
     this.renderButtons(card);
   }
 
