@@ -35,6 +35,8 @@ S = ComponentState
 STARTUP_PROBE_INTERVAL = 0.1
 #: Probes running at once in worker threads, all components together.
 PROBE_THREADS = 16
+#: Built-in health checks open at once (a socket each), all components together.
+BUILTIN_CHECKS = 256
 
 
 class Runner:
@@ -50,6 +52,7 @@ class Runner:
         self.nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self._probe_slots = trio.CapacityLimiter(PROBE_THREADS)
+        self._check_slots = trio.CapacityLimiter(BUILTIN_CHECKS)
 
     # -- requests ------------------------------------------------------------
 
@@ -243,7 +246,9 @@ class Runner:
         comp.probe_busy_since = time.monotonic()
         try:
             if comp.health_check is not None:
-                result = await self._builtin_check(comp.health_check, comp.cfg.probe_timeout)
+                async with self._check_slots:
+                    result = await self._builtin_check(comp.health_check,
+                                                       comp.cfg.probe_timeout)
                 if comp.apply_probe(pid, result):
                     self.notify()
                 return
