@@ -3,6 +3,8 @@
     python bench/core_bench.py restart [--runs 20]
     python bench/core_bench.py tick [--components 200] [--ticks 20]
     python bench/core_bench.py idle [--components 50] [--seconds 60]
+    python bench/core_bench.py crashloop [--seconds 10]
+    python bench/core_bench.py scale [--components 1000] [--seconds 30]
 
 Every run is bounded in count and time, spawns only its own children and
 ends them before it returns.
@@ -11,7 +13,10 @@ ends them before it returns.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -33,7 +38,8 @@ from core.states import ComponentState  # noqa: E402
 from core.supervisor import Supervisor  # noqa: E402
 
 PY = sys.executable
-SLEEPER = f'["{PY}", "-c", "import time; time.sleep(3600)"]'
+# The program itself, not an interpreter: 1,000 Pythons would need 10 GB.
+SLEEPER = json.dumps([shutil.which("sleep") or "/bin/sleep", "3600"])
 LISTENER = """
 import socket, time
 s = socket.socket()
@@ -142,11 +148,15 @@ async def _tick(components: int, ticks: int, directory: Path,
         await sup.tick()  # warm the psutil cache
         freeze_startup_objects()  # as python -m core does once it runs
         trio.lowlevel.add_instrument(timer)
+        encodes: list[float] = []
         for _ in range(ticks):
             began = time.perf_counter()
             doc = await sup.tick()
             walls.append((time.perf_counter() - began) * 1000)
             assert len(doc["components"]) == components
+            began = time.perf_counter()
+            size = len(json.dumps(doc))
+            encodes.append((time.perf_counter() - began) * 1000)
             await trio.sleep(0.05)
         trio.lowlevel.remove_instrument(timer)
         await sup.shutdown()
@@ -155,7 +165,8 @@ async def _tick(components: int, ticks: int, directory: Path,
     target.communicate()
     return {"median_ms": statistics.median(walls), "max_ms": max(walls),
             "longest_step_ms": timer.longest * 1000, "where": timer.where,
-            "longest_step_cpu_ms": timer.longest_cpu * 1000}
+            "longest_step_cpu_ms": timer.longest_cpu * 1000,
+            "snapshot_kb": size / 1024, "encode_ms": statistics.median(encodes)}
 
 
 def _idle(components: int, seconds: float, directory: Path) -> dict[str, float]:
@@ -188,6 +199,83 @@ def _idle(components: int, seconds: float, directory: Path) -> dict[str, float]:
             proc.kill()
 
 
+def _crashloop(seconds: float, directory: Path) -> dict[str, float]:
+    """The supervisor's CPU while one child exits at once, forever, backing off
+    0.05 s doubling to 0.4 s, with snapshots every 0.25 s (the fault test's setup)."""
+    body = (f"[server]\nport = {_free_port()}\ninterval = 0.25\n"
+            f'[components.crashy]\nplugin = "process"\n'
+            f'command = ["{PY}", "-c", "import sys; sys.exit(3)"]\nbackoff_initial = 0.05\n'
+            f"backoff_factor = 2.0\nbackoff_max = 0.4\nmax_failures = 1000\n"
+            f'[components.steady]\nplugin = "process"\ncommand = {SLEEPER}\n')
+    path = directory / "config.toml"
+    path.write_text(body)
+    proc = subprocess.Popen([PY, "-m", "core", "--config", str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sup = psutil.Process(proc.pid)
+        time.sleep(3)  # start-up, and the backoff reaches its maximum
+        cpu0, t0 = sum(sup.cpu_times()[:2]), time.monotonic()
+        time.sleep(seconds)
+        cpu, wall = sum(sup.cpu_times()[:2]) - cpu0, time.monotonic() - t0
+        return {"cpu_percent_of_one_core": 100 * cpu / wall}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _scale(components: int, seconds: float, directory: Path) -> dict[str, float]:
+    """python -m core with `components` sleepers: start-up, status, idle, RSS."""
+    port = _free_port()
+    path = write_config(directory, components, interval=2.0)
+    path.write_text(path.read_text().replace("port = 0", f"port = {port}"))
+    began = time.monotonic()
+    proc = subprocess.Popen([PY, "-m", "core", "--config", str(path)], cwd=directory,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sup = psutil.Process(proc.pid)
+        deadline = began + 120
+
+        def status() -> tuple[float, bytes]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            t0 = time.perf_counter()
+            conn.request("GET", "/api/status")
+            body = conn.getresponse().read()
+            took = (time.perf_counter() - t0) * 1000
+            conn.close()
+            return took, body
+
+        running = 0
+        while time.monotonic() < deadline:
+            try:
+                doc = json.loads(status()[1])
+            except (OSError, ValueError, http.client.HTTPException):
+                time.sleep(0.1)
+                continue
+            running = sum(c["state"] == "running" for c in doc["components"].values())
+            if running == components:
+                break
+            time.sleep(0.1)
+        all_running = time.monotonic() - began
+        time.sleep(3)
+        cpu0, t0 = sum(sup.cpu_times()[:2]), time.monotonic()
+        time.sleep(seconds)
+        cpu, wall = sum(sup.cpu_times()[:2]) - cpu0, time.monotonic() - t0
+        took = [status() for _ in range(20)]
+        return {"all_running_s": all_running, "running": running,
+                "idle_cpu": 100 * cpu / wall, "rss_mb": sup.memory_info().rss / 2**20,
+                "status_p50_ms": statistics.median(t for t, _ in took),
+                "snapshot_kb": len(took[-1][1]) / 1024}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _free_port() -> int:
     import socket
 
@@ -210,6 +298,11 @@ def main() -> None:
     p = sub.add_parser("idle")
     p.add_argument("--components", type=int, default=50)
     p.add_argument("--seconds", type=float, default=60)
+    p = sub.add_parser("scale")
+    p.add_argument("--components", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=30)
+    p = sub.add_parser("crashloop")
+    p.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +318,20 @@ def main() -> None:
             print(f"tick with {args.components} components {kind}, {args.ticks} ticks: "
                   f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms wall; longest "
                   f"event-loop step {r['longest_step_ms']:.2f} ms ({r['where']}; of which "
-                  f"{r['longest_step_cpu_ms']:.2f} ms on the CPU)")
+                  f"{r['longest_step_cpu_ms']:.2f} ms on the CPU); snapshot "
+                  f"{r['snapshot_kb']:.0f} KB, json.dumps {r['encode_ms']:.1f} ms")
+        elif args.what == "scale":
+            r = _scale(args.components, args.seconds, directory)
+            print(f"{args.components} components: {r['running']} running "
+                  f"{r['all_running_s']:.1f} s after start; idle CPU {r['idle_cpu']:.2f} % "
+                  f"of one core over {args.seconds:g} s; RSS {r['rss_mb']:.0f} MB; "
+                  f"GET /api/status p50 {r['status_p50_ms']:.1f} ms "
+                  f"({r['snapshot_kb']:.0f} KB)")
+        elif args.what == "crashloop":
+            r = _crashloop(args.seconds, directory)
+            print(f"crash loop (a restart every 0.4 s, snapshots every 0.25 s) for "
+                  f"{args.seconds:g} s: supervisor CPU {r['cpu_percent_of_one_core']:.2f} % "
+                  "of one core")
         else:
             r = _idle(args.components, args.seconds, directory)
             print(f"idle with {args.components} components for {args.seconds:g} s: supervisor "

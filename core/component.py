@@ -51,6 +51,8 @@ class Component:
     #: Whether the current run is probed (its plugin has a probe hook and the
     #: Launch did not opt out).
     probes: bool = False
+    #: The current run's built-in check (Launch.health), run on the event loop.
+    health_check: str | None = None
     # One worker thread at a time per component and kind of hook: a plugin
     # that hangs holds its own token (abandoned threads keep theirs until
     # they return) and never starves another component.
@@ -66,6 +68,8 @@ class Component:
     #: Bumped by every start/stop request: a caller waiting for the outcome of
     #: its request stops waiting once a later request has superseded it.
     requests: int = 0
+    _deps_of: ComponentConfig | None = field(default=None, repr=False)
+    _deps: list[str] = field(default_factory=list, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -101,8 +105,14 @@ class Component:
         return was != self.health
 
     def describe(self, mono: float, stamp: str) -> dict[str, Any]:
-        """This component as in the snapshot; `stamp` is its last_updated, formatted."""
-        running = self.pid is not None
+        """This component as in the snapshot; `stamp` is its last_updated, formatted.
+
+        A view built between two ticks (a REST answer) carries the earlier
+        tick's stamp: the dashboard relies on that to tell which of a REST
+        answer and a snapshot that arrive out of order is the newer.
+        """
+        child = self.child
+        running = child is not None and child.returncode is None
         error = self.error
         if self.probe_error and running:
             error = self.probe_error if not error else f"{error}; {self.probe_error}"
@@ -116,22 +126,29 @@ class Component:
         next_in = None
         if self.next_restart_at is not None:
             next_in = round(max(0.0, self.next_restart_at - mono), 2)
+        cfg = self.cfg
+        if self._deps_of is not cfg:
+            # Shared by every snapshot until a reload changes the config; the
+            # snapshot is never mutated after it is built.
+            self._deps_of, self._deps = cfg, list(cfg.depends_on)
+        if running:
+            assert child is not None
+            started = self.started_at
+            return {
+                "name": cfg.name, "state": self.state.value, "pid": child.pid,
+                "uptime": round(mono - started, 1) if started else None,
+                "cpu_percent": cpu, "memory_mb": memory,
+                "error": error, "last_updated": stamp, "plugin": cfg.plugin,
+                "restarts": self.restarts, "exit_code": self.exit_code,
+                "health": self.health, "next_restart_in": next_in, "depends_on": self._deps,
+                "metrics": dict(self.metrics),
+            }
         return {
-            "name": self.cfg.name,
-            "state": self.state.value,
-            "pid": self.pid,
-            "uptime": round(mono - self.started_at, 1) if running and self.started_at else None,
-            "cpu_percent": cpu if running else None,
-            "memory_mb": memory if running else None,
-            "error": error,
-            "last_updated": stamp,
-            "plugin": self.cfg.plugin,
-            "restarts": self.restarts,
-            "exit_code": self.exit_code,
-            "health": self.health if running else None,
-            "next_restart_in": next_in,
-            "depends_on": list(self.cfg.depends_on),
-            "metrics": dict(self.metrics) if running else {},
+            "name": cfg.name, "state": self.state.value, "pid": None, "uptime": None,
+            "cpu_percent": None, "memory_mb": None, "error": error, "last_updated": stamp,
+            "plugin": cfg.plugin, "restarts": self.restarts, "exit_code": self.exit_code,
+            "health": None, "next_restart_in": next_in, "depends_on": self._deps,
+            "metrics": {},
         }
 
 

@@ -119,6 +119,9 @@ def probe(component: ComponentInfo, pid: int) -> Probe | None:
     the longest ``probe_timeout`` if shorter, so that the snapshot leaves on
     time; a result that comes later shows in the next snapshot.
 
+    Not called for a run whose ``Launch`` has ``health`` (an HTTP or TCP
+    check the core runs itself on its event loop) or ``probe=False``.
+
     :return: a ``Probe``; None means "no opinion": healthy while the process
         is alive, no metrics. ``Probe.metrics`` become the component's own
         ``metrics`` in the snapshot (see ``core.Probe``). A change of health

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import trio
 
 from core.process import CHILD_ENV, RUN_ID
 
@@ -92,6 +93,7 @@ class RunRecord:
         me = psutil.Process()
         self._supervisor = {"pid": me.pid, "create_time": me.create_time(), "run_id": RUN_ID}
         self._children: dict[str, dict[str, Any]] = {}
+        self._save_pending = False
 
     # -- this run -------------------------------------------------------------
 
@@ -106,12 +108,34 @@ class RunRecord:
             sid = pid
         self._children[str(pid)] = {"component": component_id, "create_time": created,
                                     "sid": sid}
-        self._save()
+        self._save_soon()
 
     def remove(self, pid: int) -> None:
         """Forget a child that was stopped or has exited."""
         if self._children.pop(str(pid), None) is not None:
+            self._save_soon()
+
+    def _save_soon(self) -> None:
+        """Save now, or within trio once the current batch of tasks has run.
+
+        1,000 components starting at once would rewrite a record of up to 1,000
+        children 1,000 times (about a second of the event loop); deferred to
+        the end of the loop's current batch, the spawns of a batch share one
+        write. A child started in that window (well under a millisecond) and
+        not yet written down is still found after a crash by its marker.
+        """
+        try:
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
             self._save()
+            return
+        if not self._save_pending:
+            self._save_pending = True
+            token.run_sync_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._save_pending = False
+        self._save()
 
     def _save(self) -> None:
         doc = {"supervisor": self._supervisor, "children": self._children}

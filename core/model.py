@@ -87,12 +87,17 @@ class Launch:
     - ``probe`` (bool, default True): False says this run has nothing to
       check beyond being alive; the core then never calls the ``probe``
       hook for it (health is "healthy" as soon as it runs, no metrics).
+    - ``health`` (str or None, default None): a check the core runs itself on
+      its event loop instead of calling the ``probe`` hook: an ``http://`` or
+      ``https://`` URL (a 2xx answer is healthy) or ``tcp://host:port`` (an
+      accepted connection is healthy), bounded by ``probe_timeout``.
     """
 
     argv: tuple[str, ...]
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     probe: bool = True
+    health: str | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(a, str) for a in self.argv):

@@ -1,6 +1,6 @@
 """One OS process: spawn, output capture, stop escalation, and the stragglers.
 
-A ChildProcess is spawned from the main trio thread with `subprocess.Popen`
+A ChildProcess is spawned from the main trio thread (core.spawn)
 (own session, parent-death signal, stdin from /dev/null, stdout and stderr
 drained line by line into a LogTail) and waited for with a pidfd, so the
 event loop never blocks. Stopping it is polite first (the configured signal to
@@ -20,52 +20,54 @@ next one after a crash (core.leftovers).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import select
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import psutil
 import trio
 
+from core import spawn as spawn_mod
+from core.children import (
+    LIVE,
+    REGISTRY_LOCK,
+    enable_subreaper,
+    kill_all_now,
+    reap_from,
+    reap_orphans,
+    stragglers,
+)
 from core.logs import MAX_LINE, LogTail
 from core.proctable import (
     CHILD_ENV,
+    Table,
     alive,
-    descendant_pids,
     descendants,
     fresh_scan,
     kill,
     marker,
     pid_list,
-    processes,
     scan,
     signame,
     this_process,
 )
+from core.spawn import SpawnError
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-
-# Loaded before any fork: the child side of fork must not load libraries.
-_libc = ctypes.CDLL(None, use_errno=True)
+__all__ = ["CHILD_ENV", "RUN_ID", "ChildProcess", "SpawnError", "enable_subreaper",
+           "kill_all_now", "reap_orphans", "stragglers"]
 
 #: This supervisor process, unique across runs (pid + start time).
 RUN_ID = f"{this_process().pid}-{round(this_process().create_time() * 100)}"
 
 _counter = itertools.count(1)
 
-# reap_orphans() may run in a worker thread: between Popen returning and the
-# child entering _live, it must not mistake a fast-exiting new child for an orphan.
-_registry_lock = threading.Lock()
-
-#: Live children by leader pid, for kill_all_now() at exit and reap_orphans().
-_live: dict[int, ChildProcess] = {}
+# Kept under these names for the tests that look at the registry.
+_live = LIVE
+_registry_lock = REGISTRY_LOCK
 
 #: After everything we know of is dead, how long the output readers may keep
 #: reading before we close our ends of the pipes (something unknown holds them).
@@ -78,95 +80,11 @@ LEFTOVER_GRACE = 1.0
 #: last lines a child wrote come before the supervisor's "exited" note.
 EXIT_DRAIN = 0.1
 
+#: How long after a child exited on its own its leftovers are looked for.
+LEFTOVER_CHECK_DELAY = 0.02
+
 #: A SIGKILLed process is gone within this bound unless the kernel is stuck.
 KILL_WAIT = 5.0
-
-
-class SpawnError(Exception):
-    """The command could not be started (not found, not executable, bad cwd)."""
-
-
-def enable_subreaper(on: bool = True) -> bool:
-    """Make this process adopt orphaned descendants instead of init (Linux).
-
-    Called once at start-up: a grandchild whose parent dies is then re-parented
-    to us, where stop() can still find it (and where reap_orphans() must reap
-    it). Returns False if unsupported.
-    """
-    return _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
-
-
-def stragglers(table: Mapping[int, int] | None = None) -> list[psutil.Process]:
-    """Descendants of this supervisor that are neither a live child nor in a live child's group.
-
-    With the subreaper enabled these are orphans of our children's descendants.
-    """
-    groups = set(_live)
-    pids = []
-    # Filter on pids first: a psutil.Process costs a /proc read, a getpgid() does not.
-    for pid in descendant_pids(this_process().pid, scan()[0] if table is None else table):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if pid not in _live and os.getpgid(pid) not in groups:
-                pids.append(pid)
-    return [p for p in processes(pids) if alive(p)]
-
-
-def reap_orphans() -> list[int]:
-    """Reap adopted zombies (exited processes that are not ChildProcess leaders).
-
-    Never waitpid(-1): that would steal our own children's exit status. Zombies
-    in the supervisor's own session are left alone too: those are children that
-    other code started with a plain fork and will wait for itself.
-    """
-    with _registry_lock:
-        return _reap_orphans(*scan())
-
-
-def _reap_orphans(table: Mapping[int, int], zombies: set[int]) -> list[int]:
-    reaped = []
-    own_session = os.getsid(0)
-    me = os.getpid()
-    for pid in zombies:
-        if table.get(pid) != me or pid in _live:
-            continue
-        try:
-            if os.getsid(pid) == own_session:
-                continue
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except (ChildProcessError, ProcessLookupError):
-            continue
-        if done:
-            reaped.append(done)
-    return reaped
-
-
-def kill_all_now() -> None:
-    """SIGKILL every live child, its group and its known descendants (at exit)."""
-    table, _ = scan()  # one table for all: the kills below cannot add processes
-    for child in list(_live.values()):
-        child._kill_now(table)
-
-
-def _preexec(parent_pid: int) -> None:
-    # Runs in the forked child, before exec: the death signal fires when the
-    # *thread* that forked exits, which is why spawn() must run on trio's main
-    # thread, never from a worker thread.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        # The parent died before prctl took effect: nobody will ever stop us.
-        os._exit(1)
-
-
-def _spawn_error(exc: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
-    if cwd is not None and exc.filename == cwd:
-        if isinstance(exc, FileNotFoundError):
-            return SpawnError(f"working directory not found: {cwd}")
-        return SpawnError(f"cannot use working directory {cwd}: {exc.strerror}")
-    if isinstance(exc, FileNotFoundError):
-        return SpawnError(f"command not found: {argv[0]}")
-    if isinstance(exc, PermissionError):
-        return SpawnError(f"permission denied: {argv[0]} (is it executable?)")
-    return SpawnError(f"cannot run {argv[0]}: {exc.strerror or exc}")
 
 
 def _split_lines(pending: bytes, data: bytes) -> tuple[list[bytes], bytes]:
@@ -215,7 +133,7 @@ class ChildProcess:
                     env: Mapping[str, str] | None, log: LogTail,
                     on_exit_reaped: Callable[[ChildProcess], None] | None = None
                     ) -> ChildProcess:
-        """Start `argv`; must be called from trio's main thread (see _preexec).
+        """Start `argv`; must be called from trio's main thread (see core.spawn).
 
         `on_exit_reaped(child)` is called once, as soon as the exit status is
         known (returncode set); it must not raise.
@@ -225,18 +143,9 @@ class ChildProcess:
         if not argv:
             raise SpawnError("empty command")
         marker = f"{RUN_ID}/{next(_counter)}"
-        parent = os.getpid()
         full_env = {**os.environ, **(env or {}), CHILD_ENV: marker}
         with _registry_lock:
-            try:
-                popen = subprocess.Popen(
-                    argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                    close_fds=True, preexec_fn=lambda: _preexec(parent))
-            except OSError as exc:
-                raise _spawn_error(exc, argv, cwd) from None
-            except subprocess.SubprocessError as exc:
-                raise SpawnError(f"cannot run {argv[0]}: {exc}") from None
+            popen = spawn_mod.popen(argv, cwd=cwd, env=full_env)
             child = cls(popen, log, marker, on_exit_reaped)
             _live[child.pid] = child
         for pipe in (popen.stdout, popen.stderr):
@@ -288,12 +197,16 @@ class ChildProcess:
         try:
             await self.wait()
             if not self._stopping:
-                # It exited on its own: end what it left behind, as a stop would.
+                # It exited on its own: end what it left behind, as a stop would,
+                # once the restart that follows had its turn on the loop (what is
+                # left lives a few milliseconds longer; the restart is not
+                # delayed by a pass over /proc).
+                await trio.sleep(LEFTOVER_CHECK_DELAY)
                 await self.stop(signal.SIGTERM, LEFTOVER_GRACE)
         except BaseException:
             if self.returncode is not None and self.pid in _live:
                 # Cancelled after the exit: no leftover, no zombie stays behind.
-                self._kill_now(scan()[0])
+                self.kill_now()
             raise
 
     async def wait(self) -> int:
@@ -357,12 +270,12 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
 
-    def _remember_descendants(self, table: Mapping[int, int]) -> None:
+    def _remember_descendants(self, table: Table) -> None:
         if self.returncode is None:
             for proc in descendants(self.pid, table):
                 self._known.setdefault(proc.pid, proc)
 
-    def _ours(self, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
+    def _ours(self, table: Table | None = None) -> list[psutil.Process]:
         """Everything still alive that this child started: seen descendants, marked orphans."""
         found = {pid: p for pid, p in self._known.items() if alive(p)}
         # Members of live groups are covered by killpg (ours) or belong to another
@@ -384,22 +297,26 @@ class ChildProcess:
             if self.returncode is not None:
                 # Cancelled once the leader was gone: what it left gets SIGKILL
                 # now rather than never, and its zombie is reaped.
-                self._kill_now(scan()[0])
+                self.kill_now()
             raise
 
     async def _stop(self, sig: int, timeout: float) -> int:
         deadline = trio.current_time() + timeout
         name = signame(sig)
         self._stopping = True
-        table, _ = await fresh_scan()
+        table = await fresh_scan()
+        exited = self.returncode is not None
         self._remember_descendants(table)
         others = [p for p in self._ours(table) if p.pid != self.pid]
+        # Exited on its own and nothing of it left in that table: nothing can
+        # appear later either (no live process of its is there to fork one).
+        nothing_left = exited and not others and not table.group_alive(self.pgid)
         if self.returncode is None:
             self.signal_group(sig)
             kill(others, sig)
             extra = f" and {len(others)} descendant(s)" if others else ""
             self.log.note(f"sent {name} to process group {self.pgid}{extra}")
-        elif others or self._group_alive():
+        elif not nothing_left:
             self.signal_group(sig)
             kill(others, sig)
             self.log.note(f"pid {self.pid} exited, leaving processes behind: sent {name}, "
@@ -422,12 +339,13 @@ class ChildProcess:
             if self.returncode is None:
                 self.log.note(f"pid {self.pid} survived SIGKILL for {KILL_WAIT:.1f} s; giving up")
                 return -signal.SIGKILL
-        await self._end_leftovers()
+        await self._end_leftovers(table if nothing_left else None)
         await self._close_output()
         self._release()
-        table, zombies = await fresh_scan()
+        if not nothing_left:
+            table = await fresh_scan()
         with _registry_lock:
-            _reap_orphans(table, zombies)
+            reap_from(table)
         return self.returncode
 
     def _group_alive(self) -> bool:
@@ -437,18 +355,17 @@ class ChildProcess:
         except (ProcessLookupError, PermissionError):
             return False
         # killpg(0) also succeeds on a group made only of zombies (an orphan's
-        # parent may never reap it), so look at the members themselves; a
-        # getpgid() per pid costs about a microsecond.
-        for pid in psutil.pids():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(pid) == self.pgid and alive(psutil.Process(pid)):
-                    return True
-        return False
+        # parent may never reap it), so look at the members themselves.
+        return scan().group_alive(self.pgid)
 
-    async def _end_leftovers(self) -> None:
-        """SIGKILL the group and every descendant still alive after the leader is gone."""
+    async def _end_leftovers(self, table: Table | None) -> None:
+        """SIGKILL the group and every descendant still alive after the leader is gone.
+
+        `table`: one read since the leader is gone, if there is one.
+        """
         self.signal_group(signal.SIGKILL)
-        table, _ = await fresh_scan()
+        if table is None:
+            table = await fresh_scan()
         left = kill(self._ours(table), signal.SIGKILL)
         if left:
             self.log.note(f"killed {len(left)} leftover process(es) of pid {self.pid}: "
@@ -467,11 +384,9 @@ class ChildProcess:
             with trio.move_on_after(1.0):
                 await self._drains_done.wait()
 
-    def kill_now(self) -> None:
+    def kill_now(self, table: Table | None = None) -> None:
         """Synchronous SIGKILL of the group and every known descendant (used at exit)."""
-        self._kill_now(scan()[0])
-
-    def _kill_now(self, table: Mapping[int, int]) -> None:
+        table = table or scan()
         self._remember_descendants(table)
         procs = self._ours(table)
         self.signal_group(signal.SIGKILL)

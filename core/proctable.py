@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import psutil
 import trio
@@ -29,34 +30,51 @@ def this_process() -> psutil.Process:
     return _me
 
 
-# The last process table read, with when its reading began: a burst of stops
+@dataclass(frozen=True)
+class Table:
+    """One pass over /proc: each process's parent and group, and the zombies."""
+
+    parents: dict[int, int] = field(default_factory=dict)
+    groups: dict[int, int] = field(default_factory=dict)
+    zombies: frozenset[int] = frozenset()
+
+    def group_alive(self, pgid: int) -> bool:
+        """Whether a live (non-zombie) process of group `pgid` was in the table."""
+        zombies = self.zombies
+        return any(g == pgid and pid not in zombies for pid, g in self.groups.items())
+
+
+# The last table read, with when its reading began: a burst of stops
 # (shutdown of 200 components) shares one read through fresh_scan().
-_scan_cache: tuple[float, dict[int, int], set[int]] = (-1.0, {}, set())
+_scan_cache: tuple[float, Table] = (-1.0, Table())
 
 
-def scan() -> tuple[dict[int, int], set[int]]:
-    """pid -> parent pid for every process, and the zombies: one pass over /proc."""
+def scan() -> Table:
+    """Every process's parent and group, and the zombies: one pass over /proc."""
     global _scan_cache
     began = time.monotonic()
-    table, zombies = {}, set()
+    parents, groups, zombies = {}, {}, set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
                 data = f.read()
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            state, ppid = data[data.rfind(b")") + 2:].split(None, 2)[:2]
-            table[int(name)] = int(ppid)
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            state, ppid, pgrp = data[data.rfind(b")") + 2:].split(None, 3)[:3]
+            pid = int(name)
+            parents[pid] = int(ppid)
+            groups[pid] = int(pgrp)
             if state == b"Z":
-                zombies.add(int(name))
+                zombies.add(pid)
         except (OSError, ValueError):
             continue
-    _scan_cache = (began, table, zombies)
-    return table, zombies
+    table = Table(parents, groups, frozenset(zombies))
+    _scan_cache = (began, table)
+    return table
 
 
-async def fresh_scan() -> tuple[dict[int, int], set[int]]:
+async def fresh_scan() -> Table:
     """A process table read after this call began; concurrent callers share one read.
 
     Never older than the call: a table from before the request could miss a
@@ -66,7 +84,7 @@ async def fresh_scan() -> tuple[dict[int, int], set[int]]:
     # One scheduling round lets the other stops of a burst reach this point too.
     await trio.lowlevel.checkpoint()
     if _scan_cache[0] >= asked:
-        return _scan_cache[1], _scan_cache[2]
+        return _scan_cache[1]
     return scan()
 
 
@@ -91,9 +109,9 @@ def processes(pids: Iterable[int]) -> list[psutil.Process]:
     return found
 
 
-def descendants(pid: int, table: Mapping[int, int] | None = None) -> list[psutil.Process]:
+def descendants(pid: int, table: Table | None = None) -> list[psutil.Process]:
     """Every live descendant of `pid` (empty if `pid` is gone)."""
-    return processes(descendant_pids(pid, scan()[0] if table is None else table))
+    return processes(descendant_pids(pid, (table or scan()).parents))
 
 
 def alive(proc: psutil.Process) -> bool:

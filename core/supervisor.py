@@ -1,4 +1,7 @@
-"""The supervisor: one task per component, restart policy, the snapshot tick.
+"""The supervisor: the public API over the components, and the snapshot tick.
+
+The life of one component (start, watch, restart per policy, stop) is
+core.runner's; the restart decision itself is core.policy's.
 
 PUBLIC API (used by the web layer and the CLI; signatures are stable):
 
@@ -36,16 +39,16 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from core import config as config_mod
-from core import health
-from core.component import Component, call_hook, describe_exc, exit_text
+from core.component import Component
 from core.config import ComponentConfig, Config
-from core.errors import ConfigError, PluginError, ShuttingDown, UnknownComponent
+from core.errors import ConfigError, ShuttingDown, UnknownComponent
 from core.logs import LogTail
-from core.model import ComponentInfo, Launch
+from core.model import ComponentInfo
 from core.plugins import PluginManager
-from core.process import ChildProcess, SpawnError, reap_orphans
+from core.process import reap_orphans
+from core.runner import Runner
 from core.snapshot import StatsReader, SystemStats, build_document, iso_utc
-from core.states import ComponentState, check_transition
+from core.states import ComponentState
 
 if TYPE_CHECKING:
     from core.hub import Hub
@@ -54,35 +57,41 @@ if TYPE_CHECKING:
 log = logging.getLogger("control_center")
 
 S = ComponentState
-#: While a component starts, probe this often until it first reports healthy.
-STARTUP_PROBE_INTERVAL = 0.1
-#: Probes running at once in worker threads, all components together.
-PROBE_THREADS = 16
+#: Up to this many children the tick reads their figures on the event loop
+#: (about 20 us each); more go to a worker thread.
+INLINE_STATS = 100
+#: The snapshot is built this many components per event-loop step.
+PUBLISH_CHUNK = 250
 #: How long a reload may take to read and validate config.toml.
 CONFIG_LOAD_TIMEOUT = 5.0
 
 
 class Supervisor:
-    """Runs every component's task and the snapshot tick."""
+    """The components' public API, and the snapshot tick."""
 
     def __init__(self, config: Config, plugins: PluginManager, hub: Hub | None = None, *,
                  record: RunRecord | None = None) -> None:
-        self.config = config
         self.plugins = plugins
         self.hub = hub
         self.record = record
-        self._components: dict[str, Component] = {}
-        self._changed = trio.Event()
-        self._nursery: trio.Nursery | None = None
-        self._probe_slots = trio.CapacityLimiter(PROBE_THREADS)
+        self._runner = Runner(config, plugins, record)
+        self._components = self._runner.components
         self._stats = StatsReader()
-        self._listeners: list[Callable[[str, ComponentState, ComponentState], None]] = []
         self._reload_lock = trio.Lock()
         self._shutting_down = False
         self.tick_count = 0
         self._iso_cache: tuple[float, str] = (0.0, iso_utc(0.0))
         for cid, cfg in config.components.items():
             self._components[cid] = self._new_component(cfg)
+
+    @property
+    def config(self) -> Config:
+        """The current Config (frozen); a reload replaces it."""
+        return self._runner.config
+
+    @config.setter
+    def config(self, value: Config) -> None:
+        self._runner.config = value
 
     # -- public API ----------------------------------------------------------
 
@@ -97,7 +106,7 @@ class Supervisor:
 
     def add_listener(self, fn: Callable[[str, ComponentState, ComponentState], None]) -> None:
         """fn(component_id, old, new) is called on every state change, in order."""
-        self._listeners.append(fn)
+        self._runner.listeners.append(fn)
 
     async def start(self, cid: str) -> dict[str, Any]:
         comp = self._get(cid)
@@ -106,26 +115,27 @@ class Supervisor:
             # and keep the supervisor from ever exiting: refuse it, unchanged.
             comp.log.note("start refused: the supervisor is shutting down")
             raise ShuttingDown(cid)
+        run = self._runner
         for dep in self._dependencies(cid):
-            self._want(self._components[dep], True)
+            run.want(self._components[dep], True)
         before = comp.state
-        self._want(comp, True)
+        run.want(comp, True)
         if before in (S.STOPPED, S.ERROR, S.STOPPING):
-            await self._wait_state(comp, lambda s: s in (S.STARTING, S.RUNNING),
-                                   request=comp.requests)
+            await run.wait_state(comp, lambda s: s in (S.STARTING, S.RUNNING),
+                                 request=comp.requests)
         return self.view(cid)
 
     async def stop(self, cid: str, *, wait: bool = False) -> dict[str, Any]:
         """Returns once the component has left running (usually: "stopping");
         with `wait`, once it is stopped or in error, its process gone."""
         comp = self._get(cid)
-        self._want(comp, False)
+        self._runner.want(comp, False)
         if comp.state in (S.STARTING, S.RUNNING):
-            await self._wait_state(comp, lambda s: s not in (S.STARTING, S.RUNNING),
-                                   request=comp.requests)
+            await self._runner.wait_state(comp, lambda s: s not in (S.STARTING, S.RUNNING),
+                                          request=comp.requests)
         if wait:
-            await self._wait_state(comp, lambda s: s in (S.STOPPED, S.ERROR)
-                                   and comp.child is None, request=comp.requests)
+            await self._runner.wait_state(comp, lambda s: s in (S.STOPPED, S.ERROR)
+                                          and comp.child is None, request=comp.requests)
         return self.view(cid)
 
     async def restart(self, cid: str) -> dict[str, Any]:
@@ -136,8 +146,8 @@ class Supervisor:
             comp.restart_requested = True
             if comp.run_scope is not None:
                 comp.run_scope.cancel()
-            await self._wait_state(comp, lambda s: s != S.RUNNING or comp.child is None,
-                                   request=comp.requests)
+            await self._runner.wait_state(
+                comp, lambda s: s != S.RUNNING or comp.child is None, request=comp.requests)
             return self.view(cid)
         return await self.start(cid)
 
@@ -166,7 +176,7 @@ class Supervisor:
             unchanged = [c for c in new.components if c in old.components and c not in changed]
             self.config = new
             # Removed ones stop dependents-first, like a shutdown.
-            await self._stop_many(removed, old)
+            await self._runner.stop_many(removed, old)
             for cid in removed:
                 comp = self._components.pop(cid)
                 comp.removed = True
@@ -185,11 +195,11 @@ class Supervisor:
                     await self.start(cid)
             for cid in added:
                 comp = self._components[cid] = self._new_component(new.components[cid])
-                assert self._nursery is not None
-                await self._nursery.start(self._component_task, comp)
+                assert self._runner.nursery is not None
+                await self._runner.nursery.start(self._runner.component_task, comp)
                 if comp.cfg.autostart:
-                    self._want(comp, True)
-            self._notify()
+                    self._runner.want(comp, True)
+            self._runner.notify()
             log.info("config reloaded: %d added, %d removed, %d changed", len(added),
                      len(removed), len(changed))
             return {"added": added, "removed": removed, "changed": changed,
@@ -198,18 +208,18 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every component, dependents before their dependencies."""
         self._shutting_down = True
-        await self._stop_many(list(self._components), self.config)
+        await self._runner.stop_many(list(self._components), self.config)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start the component tasks and autostart components, then tick forever."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._runner.nursery = nursery
             for comp in self._components.values():
-                await nursery.start(self._component_task, comp)
+                await nursery.start(self._runner.component_task, comp)
             for cid in self.config.start_order():
                 comp = self._components[cid]
                 if comp.cfg.autostart:
-                    self._want(comp, True)
+                    self._runner.want(comp, True)
             await self.tick()
             # The next one an interval after this one, however long the
             # caller takes before the loop first runs (python -m core
@@ -233,7 +243,7 @@ class Supervisor:
             await trio.sleep_until(next_at - self._measure_bound())
             stats = await self._measure()
             await trio.sleep_until(next_at)
-            self._publish(stats)
+            await self._publish(stats)
             next_at += interval
             now = trio.current_time()
             if next_at < now:  # a tick took longer than an interval: do not burst
@@ -241,7 +251,7 @@ class Supervisor:
 
     async def tick(self) -> dict[str, Any]:
         """One probe pass and one snapshot, published to the hub at once."""
-        return self._publish(await self._measure())
+        return await self._publish(await self._measure())
 
     def _measure_bound(self) -> float:
         """How long a probe pass may wait for its probes."""
@@ -251,47 +261,68 @@ class Supervisor:
     async def _measure(self) -> SystemStats:
         """Probe the running components (bounded) and read the process table."""
         deadline = self._measure_bound()
-        running = [c for c in self._components.values() if c.pid is not None]
         done: list[trio.Event] = []
-        assert self._nursery is not None
-        for comp in running:
-            if comp.probe_busy_since is not None:
-                continue  # the last one is still within its timeout
-            if not comp.probes:
+        nursery = self._runner.nursery
+        assert nursery is not None
+        pids = []
+        for comp in self._components.values():
+            pid = comp.pid
+            if pid is None:
                 continue
-            ev = trio.Event()
-            done.append(ev)
-            self._nursery.start_soon(self._probe, comp, ev)
-        pids = [c.pid for c in running if c.pid is not None]
-        stats = await trio.to_thread.run_sync(self._read_stats, pids)
+            pids.append(pid)
+            if comp.probes and comp.probe_busy_since is None:  # else: still within its timeout
+                ev = trio.Event()
+                done.append(ev)
+                nursery.start_soon(self._runner.probe, comp, ev)
+        if len(pids) <= INLINE_STATS:
+            # Two /proc reads a child: cheaper here than the hop to a thread and back.
+            stats = self._read_stats(pids)
+        else:
+            stats = await trio.to_thread.run_sync(self._read_stats, pids)
         with trio.move_on_after(deadline):
             for ev in done:
                 await ev.wait()
         return stats
 
-    def _publish(self, stats: SystemStats) -> dict[str, Any]:
-        """The snapshot of the current state, with `stats`, to the hub."""
-        comps = list(self._components.values())
+    async def _publish(self, stats: SystemStats) -> dict[str, Any]:
+        """The snapshot of the current state, with `stats`, to the hub.
+
+        Built PUBLISH_CHUNK components per event-loop step, so that 1,000 do
+        not hold the loop for one long step. Each entry is the component as
+        of its own step, and its last_updated is this snapshot's from then on:
+        a REST answer built in between is newer than the entry it follows and
+        older than the one it precedes, as the dashboard expects.
+        """
         now = time.time()
-        for comp in comps:
+        mono = time.monotonic()
+        stamp = self._iso(now)
+        procs = stats.processes
+        described = {}
+        metrics = []
+        for n, (cid, comp) in enumerate(list(self._components.items()), 1):
+            if n % PUBLISH_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
+            if comp.removed:  # by a reload meanwhile
+                continue
             pid = comp.pid
-            ps = stats.processes.get(pid) if pid is not None else None
-            comp.cpu_percent = ps.cpu_percent if ps else None
-            comp.memory_mb = ps.memory_mb if ps else None
+            ps = procs.get(pid) if pid is not None else None
+            if ps is None:
+                comp.cpu_percent = comp.memory_mb = None
+            else:
+                comp.cpu_percent, comp.memory_mb = ps.cpu_percent, ps.memory_mb
+            if pid is not None and comp.metrics:
+                metrics.append(comp.metrics)
             comp.last_updated = now
-        doc = build_document(
-            {c.cfg.id: self._describe(c) for c in comps},
-            stats,
-            [c.metrics for c in comps if c.pid is not None and c.metrics],
-            now,
-        )
+            described[cid] = comp.describe(mono, stamp)
+        doc = build_document(described, stats, metrics, now)
         self.tick_count += 1
         if self.hub is not None:
             self.hub.publish(doc)
         return doc
 
     def _read_stats(self, pids: list[int]) -> SystemStats:
-        # Adopted orphans (we are a subreaper) are reaped here, off the loop.
+        # Adopted orphans (we are a subreaper) are reaped here; the pass over
+        # /proc this takes happens only when some child of ours is a zombie.
         reap_orphans()
         return self._stats.read(pids)
 
@@ -309,298 +340,7 @@ class Supervisor:
             self.hub.publish(doc)
         return doc
 
-    async def _probe(self, comp: Component, done: trio.Event) -> None:
-        pid = comp.pid
-        if pid is None:
-            done.set()
-            return
-        comp.probe_busy_since = time.monotonic()
-        was = comp.health
-        try:
-            async with self._probe_slots:
-                result = await call_hook(self.plugins, comp, "probe",
-                                         timeout=comp.cfg.probe_timeout,
-                                         limiter=comp.probe_limiter, pid=pid)
-            if comp.apply_probe(pid, result):
-                self._notify()
-        except Exception as exc:
-            if comp.pid == pid:
-                comp.health = "unhealthy"
-                # A PluginError already names the plugin and the hook.
-                comp.probe_error = str(exc) if isinstance(exc, PluginError) else (
-                    f"probe failed: {describe_exc(exc)}")
-        finally:
-            comp.probe_busy_since = None
-            if comp.pid == pid:
-                health.note_change(comp, was)
-            done.set()
-
-    # -- one task per component ------------------------------------------------
-
-    async def _component_task(self, comp: Component, *,
-                              task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            comp.task_scope = scope
-            task_status.started()
-            while True:
-                while not comp.desired:
-                    await comp.wake.wait()
-                with trio.CancelScope() as run_scope:
-                    comp.run_scope = run_scope
-                    try:
-                        await self._supervise(comp)
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            await self._stop_child(comp)
-                comp.run_scope = None
-                if comp.restart_requested:
-                    comp.restart_requested = False
-                    comp.desired = True
-                elif comp.state in (S.STARTING, S.RUNNING, S.STOPPING):
-                    # Stopped on request while starting/backing off.
-                    self._set_state(comp, S.STOPPED, "stopped on request")
-
-    async def _supervise(self, comp: Component) -> None:
-        """Start, watch, and restart per policy until stopped or given up."""
-        cfg = comp.cfg
-        failures = 0
-        if comp.state != S.STARTING:
-            self._set_state(comp, S.STARTING, "start requested")  # STOPPED/ERROR -> STARTING
-        comp.error = None
-        while True:
-            cfg = comp.cfg
-            await self._wait_dependencies(comp)
-            comp.next_restart_at = None
-            began = time.monotonic()
-            try:
-                child = await self._spawn(comp)
-            except (SpawnError, PluginError) as exc:
-                comp.error = str(exc)
-                comp.log.note(f"start failed: {exc}")
-                quick = True
-                code: int | None = None
-            else:
-                code = await self._watch(comp, child)
-                quick = time.monotonic() - began < cfg.stable_after
-            # The child is gone (or never came): decide per the restart policy.
-            comp.exit_code = code
-            policy = cfg.restart
-            clean = code == 0
-            if policy == "never" or (policy == "on-failure" and clean):
-                comp.desired = False
-                if clean:
-                    # RUNNING -> STOPPED: exited by itself with status 0
-                    self._set_state(comp, S.STOPPED, "exited with status 0")
-                else:
-                    comp.error = comp.error or exit_text(code)
-                    # RUNNING/STARTING -> ERROR: failed and the policy does not restart
-                    self._set_state(comp, S.ERROR, comp.error)
-                return
-            if quick:
-                failures += 1
-            else:
-                failures = 0
-            if failures >= cfg.max_failures:
-                comp.desired = False
-                comp.error = (f"gave up after {failures} quick failures in a row (last: "
-                              f"{comp.error or exit_text(code)}); start it again to retry")
-                # STARTING/RUNNING -> ERROR: too many quick failures
-                self._set_state(comp, S.ERROR, comp.error)
-                return
-            delay = 0.0 if failures == 0 else min(
-                cfg.backoff_max, cfg.backoff_initial * cfg.backoff_factor ** (failures - 1))
-            if code is not None:
-                comp.error = exit_text(code)
-            comp.restarts += 1
-            # RUNNING -> STARTING: died; the policy restarts it after `delay`
-            why = exit_text(code) if code is not None else "start failed"
-            self._set_state(comp, S.STARTING, f"{why}; restarting in {delay:.2f} s")
-            if delay > 0:
-                comp.next_restart_at = time.monotonic() + delay
-                self._notify()
-                await trio.sleep(delay)
-
-    async def _spawn(self, comp: Component) -> ChildProcess:
-        try:
-            comp.info.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            # A start failure of this component (restart policy applies), not a
-            # crash of the supervisor.
-            raise SpawnError(f"cannot create the data directory {comp.info.data_dir}: "
-                             f"{exc.strerror or exc}") from None
-        launch = await call_hook(self.plugins, comp, "start", timeout=comp.cfg.start_timeout)
-        if not isinstance(launch, Launch):
-            raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned "
-                              f"{type(launch).__name__}, expected core.Launch")
-        assert self._nursery is not None
-        cwd = launch.cwd or str(self.config.config_dir)
-        try:
-            child = await ChildProcess.spawn(self._nursery, launch.argv, cwd=cwd,
-                                             env=dict(launch.env), log=comp.log)
-        except (TypeError, ValueError) as exc:
-            # Popen refuses it before any process exists (a non-string env
-            # value, a NUL byte): the plugin's mistake, this component's failure.
-            raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned a Launch that "
-                              f"cannot be run: {exc}") from None
-        comp.child = child
-        comp.probes = launch.probe and self.plugins.implements(comp.cfg.plugin, "probe")
-        if self.record is not None:
-            self.record.add(comp.cfg.id, child.pid)
-        return child
-
-    async def _watch(self, comp: Component, child: ChildProcess) -> int:
-        """RUNNING until the child exits; probes quickly until it is first healthy."""
-        comp.child = child
-        comp.started_at = time.monotonic()
-        comp.exit_code = None
-        comp.error = None
-        comp.probe_error = None
-        comp.metrics = {}
-        has_probe = comp.probes
-        comp.health = "starting" if has_probe else "healthy"
-        # STARTING -> RUNNING: the process exists
-        self._set_state(comp, S.RUNNING, f"started pid {child.pid}")
-        async with trio.open_nursery() as nursery:
-            if has_probe:
-                nursery.start_soon(self._startup_probes, comp)
-            code = await child.wait()
-            nursery.cancel_scope.cancel()
-        if self.record is not None:
-            self.record.remove(child.pid)
-        comp.log.note(exit_text(code))
-        return code
-
-    async def _startup_probes(self, comp: Component) -> None:
-        deadline = trio.current_time() + comp.cfg.start_timeout
-        while comp.health == "starting" and trio.current_time() < deadline:
-            if comp.probe_busy_since is None:
-                ev = trio.Event()
-                await self._probe(comp, ev)
-                if comp.health == "healthy":
-                    return
-                # Not healthy yet is normal while starting: keep "starting".
-                comp.health = "starting"
-            await trio.sleep(STARTUP_PROBE_INTERVAL)
-        if comp.health == "starting":
-            comp.health = "unhealthy"
-            comp.probe_error = (comp.probe_error or
-                                f"not healthy {comp.cfg.start_timeout:g} s after start")
-            health.note_change(comp, "starting", start_timed_out=True)
-            self._notify()
-
-    async def _stop_child(self, comp: Component) -> None:
-        """Plugin stop hook, then signal, wait, SIGKILL: bounded by stop_timeout."""
-        child = comp.child
-        if child is None or child.returncode is not None:
-            comp.child = None
-            return
-        cfg = comp.cfg
-        if comp.state != S.STOPPING:
-            self._set_state(comp, S.STOPPING, "stop requested")  # RUNNING -> STOPPING
-        began = time.monotonic()
-        if self.plugins.implements(cfg.plugin, "stop"):
-            try:
-                with trio.move_on_after(cfg.stop_timeout / 2):
-                    await call_hook(self.plugins, comp, "stop", timeout=cfg.stop_timeout / 2,
-                                    pid=child.pid, limiter=comp.stop_limiter)
-            except Exception as exc:
-                comp.log.note(f"stop hook failed: {describe_exc(exc)}")
-        remaining = max(0.1, cfg.stop_timeout - (time.monotonic() - began))
-        code = await child.stop(cfg.stop_signal, remaining)
-        if self.record is not None:
-            self.record.remove(child.pid)
-        comp.exit_code = code
-        comp.child = None
-        comp.health = None
-        comp.metrics = {}
-        if comp.restart_requested:
-            comp.restarts += 1
-        # STOPPING -> STOPPED: stopped on request
-        self._set_state(comp, S.STOPPED, f"stopped ({exit_text(code)})")
-
-    async def _wait_dependencies(self, comp: Component) -> None:
-        deps = comp.cfg.depends_on
-        if not deps:
-            return
-        while True:
-            waiting = []
-            for dep in deps:
-                other = self._components.get(dep)
-                if other is None:
-                    continue
-                if not (other.state == S.RUNNING and other.health == "healthy"):
-                    detail = other.state.value if other.state != S.RUNNING else (
-                        f"running, {other.health}")
-                    waiting.append(f"{dep} ({detail})")
-            if not waiting:
-                comp.error = None
-                return
-            text = "waiting for " + ", ".join(waiting)
-            if comp.error != text:
-                comp.error = text
-                comp.log.note(text)
-            changed = self._changed
-            await changed.wait()
-
     # -- helpers -----------------------------------------------------------
-
-    def _want(self, comp: Component, desired: bool) -> None:
-        comp.desired = desired
-        comp.requests += 1
-        if not desired:
-            comp.restart_requested = False
-            if comp.run_scope is not None:
-                comp.run_scope.cancel()
-        comp.poke()
-        self._notify()  # wakes callers whose request this one supersedes
-
-    async def _wait_state(self, comp: Component, pred: Callable[[ComponentState], bool], *,
-                          request: int | None = None) -> None:
-        """Until pred(state); or, given `request`, until a later request supersedes it.
-
-        Without that escape a stop answered by a start that came right after it
-        (or the reverse) would wait for a state that never comes.
-        """
-        while not pred(comp.state):
-            if request is not None and comp.requests != request:
-                return
-            await self._changed.wait()
-
-    async def _stop_many(self, cids: list[str], config: Config) -> None:
-        """Stop components in waves: nothing stops before what depends on it."""
-        pending = set(cids)
-        while pending:
-            wave = [c for c in pending if not any(
-                c in config.components[o].depends_on for o in pending
-                if o in config.components and o != c)]
-            if not wave:  # cannot happen with a validated config; stop the rest
-                wave = list(pending)
-            async with trio.open_nursery() as nursery:
-                for cid in wave:
-                    nursery.start_soon(self._stop_and_wait, cid)
-            pending -= set(wave)
-
-    async def _stop_and_wait(self, cid: str) -> None:
-        comp = self._components.get(cid)
-        if comp is None:
-            return
-        self._want(comp, False)
-        await self._wait_state(comp, lambda s: s in (S.STOPPED, S.ERROR) and comp.child is None)
-
-    def _set_state(self, comp: Component, new: ComponentState, reason: str) -> None:
-        """The one place a component's state changes."""
-        old = comp.state
-        if old == new:
-            comp.log.note(reason)
-            self._notify()
-            return
-        check_transition(comp.cfg.id, old, new)
-        comp.state = new
-        comp.log.note(f"{old.value} -> {new.value}: {reason}")
-        log.info("%s: %s -> %s (%s)", comp.cfg.id, old.value, new.value, reason)
-        for fn in self._listeners:
-            fn(comp.cfg.id, old, new)
-        self._notify()
 
     def _describe(self, comp: Component) -> dict[str, Any]:
         return comp.describe(time.monotonic(), self._iso(comp.last_updated))
@@ -610,10 +350,6 @@ class Supervisor:
         if self._iso_cache[0] != ts:
             self._iso_cache = (ts, iso_utc(ts))
         return self._iso_cache[1]
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     def _get(self, cid: str) -> Component:
         comp = self._components.get(cid)
@@ -636,8 +372,7 @@ class Supervisor:
     def _info(self, cfg: ComponentConfig) -> ComponentInfo:
         return ComponentInfo(id=cfg.id, name=cfg.name, plugin=cfg.plugin, options=cfg.options,
                              data_dir=self.config.server.data_dir / cfg.id,
-                             config_dir=self.config.config_dir,
-                             stop_timeout=cfg.stop_timeout)
+                             config_dir=self.config.config_dir)
 
     def _new_component(self, cfg: ComponentConfig) -> Component:
         server = self.config.server

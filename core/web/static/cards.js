@@ -29,8 +29,56 @@ export class ComponentCards {
     this.container = container;
     this.interval = options.interval;
     this.onCount = options.onCount || (() => {});
+    this.onShown = options.onShown || (() => {});
     this.template = document.getElementById("card-template");
     this.cards = new Map();
+    this.groups = new Map();
+    this.filter = {name: "", state: "", group: ""};
+    this.order = [];
+  }
+
+  /** Show only cards matching `name` (in name or id) and `state`, grouped by `group`. */
+  setFilter(filter) {
+    this.filter = {...this.filter, ...filter};
+    this.filter.name = (this.filter.name || "").trim().toLowerCase();
+    this.layout();
+  }
+
+  matches(card) {
+    const {name, state} = this.filter;
+    const c = card.latest;
+    if (state && (c.state || "stopped") !== state) return false;
+    if (!name) return true;
+    return card.cid.toLowerCase().includes(name) ||
+      (c.name || "").toLowerCase().includes(name);
+  }
+
+  groupKey(card) {
+    const by = this.filter.group;
+    if (!by) return "";
+    return String(card.latest[by] || (by === "state" ? "stopped" : "other"));
+  }
+
+  group(key) {
+    let group = this.groups.get(key);
+    if (!group) {
+      const root = document.createElement("section");
+      root.className = "group";
+      const title = document.createElement("h3");
+      title.className = "group-title";
+      const label = document.createElement("span");
+      const count = document.createElement("span");
+      count.className = "count";
+      title.append(label, " ", count);
+      const list = document.createElement("div");
+      list.className = "cards";
+      root.append(title, list);
+      label.textContent = key;
+      title.hidden = key === "";
+      group = {key, root, title, count, list, size: 0};
+      this.groups.set(key, group);
+    }
+    return group;
   }
 
   update(components) {
@@ -42,19 +90,59 @@ export class ComponentCards {
         this.cards.delete(cid);
       }
     }
-    ids.forEach((cid, index) => {
+    for (const cid of ids) {
       let card = this.cards.get(cid);
       if (!card) {
         card = this.create(cid);
         this.cards.set(cid, card);
       }
-      // Keep config order even when components are added by a reload.
-      if (this.container.children[index] !== card.root) {
-        this.container.insertBefore(card.root, this.container.children[index] || null);
+      if (!this.older(card, components[cid], false)) {
+        card.latest = components[cid];
+        card.latestRest = false;
       }
-      this.fill(card, components[cid]);
-    });
+    }
+    this.order = ids;
+    this.layout();
     this.onCount(ids.length);
+  }
+
+  // Places every card in its group, in config order, and fills the visible
+  // ones; a hidden card is filled when it is shown again (no work per update
+  // for what nobody sees).
+  layout() {
+    const used = new Map();
+    let shown = 0;
+    for (const cid of this.order) {
+      const card = this.cards.get(cid);
+      if (!card || !card.latest) continue;
+      const visible = this.matches(card);
+      if (card.root.hidden === visible) card.root.hidden = !visible;
+      if (!visible) continue;
+      shown += 1;
+      const group = this.group(this.groupKey(card));
+      const at = used.get(group) || 0;
+      used.set(group, at + 1);
+      if (group.list.children[at] !== card.root) {
+        group.list.insertBefore(card.root, group.list.children[at] || null);
+      }
+      if (card.data !== card.latest) this.fill(card, card.latest, card.latestRest);
+    }
+    // Hidden cards go after the shown ones of whichever list holds them.
+    let index = 0;
+    for (const key of [...this.groups.keys()].sort()) {
+      const group = this.groups.get(key);
+      const size = used.get(group) || 0;
+      group.root.hidden = size === 0;
+      if (group.size !== size) {
+        group.size = size;
+        group.count.textContent = String(size);
+      }
+      if (this.container.children[index] !== group.root) {
+        this.container.insertBefore(group.root, this.container.children[index] || null);
+      }
+      index += 1;
+    }
+    this.onShown(shown, this.order.length);
   }
 
   create(cid) {
@@ -63,7 +151,8 @@ export class ComponentCards {
     root.id = `component-${cid}`;
     const q = (selector) => root.querySelector(selector);
     const card = {
-      cid, root, data: null, pending: null, feedbackTimer: null,
+      cid, root, data: null, latest: null, latestRest: false, pending: null,
+      feedbackTimer: null, buttonsKey: "",
       name: q(".card-name"), state: q(".state-text"), error: q(".card-error"),
       note: q(".card-note"), feedback: q(".card-feedback"), logsName: q(".logs .sr-only"),
       fields: {
@@ -87,10 +176,27 @@ export class ComponentCards {
     return card;
   }
 
-  fill(card, c) {
+  // Whether `c` is older than what the card shows. A REST answer and a
+  // snapshot travel on two connections, so one built earlier can arrive later
+  // (a snapshot saying "starting" after the answer to Start said "running").
+  // Both carry `last_updated`, the time of the last snapshot published before
+  // they were built: a REST answer with stamp T is newer than the snapshot of
+  // T and older than any later one.
+  older(card, c, rest) {
+    if (!card.latest) return false;
+    const at = c.last_updated || "";
+    const known = card.latest.last_updated || "";
+    return at < known || (at === known && card.latestRest && !rest);
+  }
+
+  fill(card, c, rest = false) {
     card.data = c;
+    card.latest = c;
+    card.latestRest = rest;
     const state = c.state || "stopped";
-    card.root.dataset.state = state;
+    // Writes only what changed: an attribute set to its own value still
+    // invalidates style, and most of 1,000 cards change only their figures.
+    if (card.root.dataset.state !== state) card.root.dataset.state = state;
     setText(card.name, c.name || card.cid);
     const deps = Array.isArray(c.depends_on) && c.depends_on.length
       ? ` · needs ${c.depends_on.join(", ")}` : "";
@@ -104,23 +210,28 @@ export class ComponentCards {
     setText(f.memory, formatMegabytes(c.memory_mb));
     setText(f.restarts, c.restarts == null ? "–" : String(c.restarts));
     setText(f.health, c.health || "–");
-    f.health.dataset.health = c.health || "";
+    if (f.health.dataset.health !== (c.health || "")) f.health.dataset.health = c.health || "";
     renderCardMetrics(card.root, c.metrics);
 
     setText(card.error, c.error || "");
-    card.error.hidden = !c.error;
+    if (card.error.hidden !== !c.error) card.error.hidden = !c.error;
     const notes = [];
     if (typeof c.next_restart_in === "number") {
       notes.push(`Restarting in ${formatNumber(c.next_restart_in, 1)} s`);
     }
     if (c.exit_code != null && state !== "running") notes.push(`Exit code ${c.exit_code}`);
     setText(card.note, notes.join(" · "));
-    card.note.hidden = notes.length === 0;
+    if (card.note.hidden !== (notes.length === 0)) card.note.hidden = notes.length === 0;
     this.renderButtons(card);
   }
 
   renderButtons(card) {
     const state = card.data ? card.data.state : null;
+    const name = card.data ? card.data.name || card.cid : card.cid;
+    // Unchanged (the usual update): no attribute writes, no style recalculation.
+    const key = `${state}|${card.pending}|${name}`;
+    if (card.buttonsKey === key) return;
+    card.buttonsKey = key;
     for (const [action, button] of Object.entries(card.buttons)) {
       button.disabled = card.pending !== null || !CAN[action].has(state);
       const busy = card.pending === action;
@@ -128,7 +239,6 @@ export class ComponentCards {
       button.setAttribute("aria-busy", busy ? "true" : "false");
       setText(button, busy ? BUSY_LABEL[action] : LABEL[action]);
       // Every card has a "Stop": name the component for screen readers.
-      const name = card.data ? card.data.name || card.cid : card.cid;
       button.setAttribute("aria-label", `${busy ? BUSY_LABEL[action] : LABEL[action]} ${name}`);
     }
   }
@@ -154,7 +264,11 @@ export class ComponentCards {
       const result = await api(`/api/components/${encodeURIComponent(card.cid)}/${action}`,
         {method: "POST"});
       card.pending = null;
-      if (result && result.component) this.fill(card, result.component);
+      if (result && result.component && !this.older(card, result.component, true)) {
+        card.latest = result.component;
+        card.latestRest = true;
+        this.layout();
+      }
       const now = result && result.component ? result.component.state : "done";
       this.showFeedback(card, `${LABEL[action]} accepted: now ${now}.`, "ok");
     } catch (err) {

@@ -9,10 +9,23 @@ export function parseTime(iso) {
   return Date.parse(iso.replace(/(\.\d{3})\d+/, "$1"));
 }
 
-function perComponent(components, key) {
+// A chart of 1,000 lines says nothing and costs a frame: the per-component
+// charts draw the MAX_SERIES components with the highest latest value.
+export const MAX_SERIES = 12;
+
+function top(components, key) {
+  const ids = Object.keys(components || {});
+  if (ids.length <= MAX_SERIES) return ids;
+  const value = (cid) => (typeof components[cid][key] === "number" ? components[cid][key] : -1);
+  const chosen = new Set([...ids].sort((a, b) => value(b) - value(a)).slice(0, MAX_SERIES));
+  return ids.filter((cid) => chosen.has(cid));  // in config order
+}
+
+function perComponent(components, key, ids) {
   const values = {};
-  for (const [cid, c] of Object.entries(components || {})) {
-    values[cid] = typeof c[key] === "number" ? c[key] : null;
+  for (const cid of ids) {
+    const c = components[cid];
+    values[cid] = c && typeof c[key] === "number" ? c[key] : null;
   }
   return values;
 }
@@ -41,10 +54,8 @@ export function createCharts(container) {
   let names = {};
   let lastT = -Infinity;
 
-  function componentSeries(ids) {
-    const series = ids.map((cid) => ({key: cid, label: names[cid] || cid}));
-    compCpu.setSeries(series);
-    compMem.setSeries(series);
+  function series(ids) {
+    return ids.map((cid) => ({key: cid, label: names[cid] || cid}));
   }
 
   return {
@@ -58,30 +69,36 @@ export function createCharts(container) {
       for (const chart of metricCharts) {
         chart.setPoints(rows.map(({t, p}) => ({t, values: p.metrics || {}})));
       }
-      const ids = [];
-      for (const {p} of rows) {
-        for (const cid of Object.keys(p.components || {})) if (!ids.includes(cid)) ids.push(cid);
-      }
-      componentSeries(ids);
-      compCpu.setPoints(rows.map(({t, p}) => ({t, values: perComponent(p.components,
-        "cpu_percent")})));
-      compMem.setPoints(rows.map(({t, p}) => ({t, values: perComponent(p.components,
-        "memory_mb")})));
+      // Every component seen in the history, its latest figures winning.
+      const latest = {};
+      for (const {p} of rows) Object.assign(latest, p.components || {});
+      const cpuIds = top(latest, "cpu_percent");
+      const memIds = top(latest, "memory_mb");
+      compCpu.setSeries(series(cpuIds));
+      compMem.setSeries(series(memIds));
+      compCpu.setPoints(rows.map(({t, p}) => ({t, values: perComponent(p.components || {},
+        "cpu_percent", cpuIds)})));
+      compMem.setPoints(rows.map(({t, p}) => ({t, values: perComponent(p.components || {},
+        "memory_mb", memIds)})));
       lastT = rows.length ? rows[rows.length - 1].t : -Infinity;
     },
 
     /** Append one live snapshot (skipped when not newer than the last point). */
     addSnapshot(doc) {
       const components = doc.components || {};
-      names = Object.fromEntries(Object.entries(components).map(([cid, c]) => [cid,
-        c.name || cid]));
-      componentSeries(Object.keys(components));
+      const cpuIds = top(components, "cpu_percent");
+      const memIds = top(components, "memory_mb");
+      for (const cid of new Set([...cpuIds, ...memIds])) {
+        names[cid] = components[cid].name || cid;
+      }
+      compCpu.setSeries(series(cpuIds));
+      compMem.setSeries(series(memIds));
       const t = parseTime(doc.metrics && doc.metrics.timestamp);
       if (!Number.isFinite(t) || t <= lastT) return;
       lastT = t;
       for (const chart of metricCharts) chart.push(t, doc.metrics);
-      compCpu.push(t, perComponent(components, "cpu_percent"));
-      compMem.push(t, perComponent(components, "memory_mb"));
+      compCpu.push(t, perComponent(components, "cpu_percent", cpuIds));
+      compMem.push(t, perComponent(components, "memory_mb", memIds));
     },
   };
 }

@@ -14,15 +14,28 @@ export function formatUptime(seconds) {
   return `${secs}s`;
 }
 
+// One formatter per number of digits: toLocaleString with options builds a
+// new Intl.NumberFormat on every call, which with 1,000 cards was most of the
+// page's script per snapshot.
+const formatters = new Map();
+function formatter(digits) {
+  let found = formatters.get(digits);
+  if (!found) {
+    found = new Intl.NumberFormat("en-US", {minimumFractionDigits: digits,
+      maximumFractionDigits: digits});
+    formatters.set(digits, found);
+  }
+  return found;
+}
+
 export function formatCount(value) {
   if (typeof value !== "number" || !Number.isFinite(value)) return "–";
-  return Math.round(value).toLocaleString("en-US");
+  return formatter(0).format(Math.round(value));
 }
 
 export function formatNumber(value, digits = 1, unit = "") {
   if (typeof value !== "number" || !Number.isFinite(value)) return "–";
-  const text = value.toLocaleString("en-US", {minimumFractionDigits: digits,
-    maximumFractionDigits: digits});
+  const text = formatter(digits).format(value);
   return unit ? `${text} ${unit}` : text;
 }
 

@@ -1,0 +1,373 @@
+"""The life of one component: start, watch, restart per policy, stop.
+
+One task per component (`Runner.component_task`) carries out what the
+restart policy (core.policy) decides; `Runner.set_state` is the one place a
+component's state changes. The supervisor (core.supervisor) owns a Runner
+and adds the public API and the snapshot tick on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from core import health, health_log
+from core.component import Component, call_hook, describe_exc, exit_text
+from core.errors import PluginError
+from core.model import Launch, Probe
+from core.policy import Action, Backoff, after_exit
+from core.process import ChildProcess, SpawnError
+from core.states import ComponentState, check_transition
+
+if TYPE_CHECKING:
+    from core.config import Config
+    from core.leftovers import RunRecord
+    from core.plugins import PluginManager
+
+log = logging.getLogger("control_center")
+
+S = ComponentState
+#: While a component starts, probe this often until it first reports healthy.
+STARTUP_PROBE_INTERVAL = 0.1
+#: Probes running at once in worker threads, all components together.
+PROBE_THREADS = 16
+#: Built-in health checks open at once (a socket each), all components together.
+BUILTIN_CHECKS = 256
+
+
+class Runner:
+    """Runs each component's task; holds the components and the change event."""
+
+    def __init__(self, config: Config, plugins: PluginManager,
+                 record: RunRecord | None) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.record = record
+        self.components: dict[str, Component] = {}
+        self.listeners: list[Callable[[str, ComponentState, ComponentState], None]] = []
+        self.nursery: trio.Nursery | None = None
+        self._changed = trio.Event()
+        self._probe_slots = trio.CapacityLimiter(PROBE_THREADS)
+        self._check_slots = trio.CapacityLimiter(BUILTIN_CHECKS)
+
+    # -- requests ------------------------------------------------------------
+
+    def want(self, comp: Component, desired: bool) -> None:
+        comp.desired = desired
+        comp.requests += 1
+        if not desired:
+            comp.restart_requested = False
+            if comp.run_scope is not None:
+                comp.run_scope.cancel()
+        comp.poke()
+        self.notify()  # wakes callers whose request this one supersedes
+
+    async def wait_state(self, comp: Component, pred: Callable[[ComponentState], bool], *,
+                         request: int | None = None) -> None:
+        """Until pred(state); or, given `request`, until a later request supersedes it.
+
+        Without that escape a stop answered by a start that came right after it
+        (or the reverse) would wait for a state that never comes.
+        """
+        while not pred(comp.state):
+            if request is not None and comp.requests != request:
+                return
+            await self._changed.wait()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def set_state(self, comp: Component, new: ComponentState, reason: str) -> None:
+        """The one place a component's state changes."""
+        old = comp.state
+        if old == new:
+            comp.log.note(reason)
+            self.notify()
+            return
+        check_transition(comp.cfg.id, old, new)
+        comp.state = new
+        comp.log.note(f"{old.value} -> {new.value}: {reason}")
+        log.info("%s: %s -> %s (%s)", comp.cfg.id, old.value, new.value, reason)
+        for fn in self.listeners:
+            fn(comp.cfg.id, old, new)
+        self.notify()
+
+    # -- one task per component ------------------------------------------------
+
+    async def component_task(self, comp: Component, *,
+                             task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            comp.task_scope = scope
+            task_status.started()
+            while True:
+                while not comp.desired:
+                    await comp.wake.wait()
+                with trio.CancelScope() as run_scope:
+                    comp.run_scope = run_scope
+                    try:
+                        await self._supervise(comp)
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await self._stop_child(comp)
+                comp.run_scope = None
+                if comp.restart_requested:
+                    comp.restart_requested = False
+                    comp.desired = True
+                elif comp.state in (S.STARTING, S.RUNNING, S.STOPPING):
+                    # Stopped on request while starting/backing off.
+                    self.set_state(comp, S.STOPPED, "stopped on request")
+
+    async def _supervise(self, comp: Component) -> None:
+        """Start, watch, and restart per policy until stopped or given up."""
+        failures = 0
+        if comp.state != S.STARTING:
+            self.set_state(comp, S.STARTING, "start requested")  # STOPPED/ERROR -> STARTING
+        comp.error = None
+        while True:
+            cfg = comp.cfg
+            await self._wait_dependencies(comp)
+            comp.next_restart_at = None
+            began = time.monotonic()
+            try:
+                child = await self._spawn(comp)
+            except (SpawnError, PluginError) as exc:
+                comp.error = str(exc)
+                comp.log.note(f"start failed: {exc}")
+                quick = True
+                code: int | None = None
+            else:
+                code = await self._watch(comp, child)
+                quick = time.monotonic() - began < cfg.stable_after
+            # The child is gone (or never came): the policy decides, this carries it out.
+            comp.exit_code = code
+            decision = after_exit(cfg.restart, code, quick=quick, failures=failures,
+                                  backoff=Backoff(cfg.backoff_initial, cfg.backoff_factor,
+                                                  cfg.backoff_max, cfg.max_failures))
+            failures = decision.failures
+            if decision.action is Action.STOP:
+                comp.desired = False
+                # RUNNING -> STOPPED: exited by itself with status 0
+                self.set_state(comp, S.STOPPED, "exited with status 0")
+                return
+            if decision.action is Action.FAIL:
+                comp.desired = False
+                comp.error = comp.error or exit_text(code)
+                # RUNNING/STARTING -> ERROR: failed and the policy does not restart
+                self.set_state(comp, S.ERROR, comp.error)
+                return
+            if decision.action is Action.GIVE_UP:
+                comp.desired = False
+                comp.error = (f"gave up after {failures} quick failures in a row (last: "
+                              f"{comp.error or exit_text(code)}); start it again to retry")
+                # STARTING/RUNNING -> ERROR: too many quick failures
+                self.set_state(comp, S.ERROR, comp.error)
+                return
+            delay = decision.delay
+            if code is not None:
+                comp.error = exit_text(code)
+            comp.restarts += 1
+            # RUNNING -> STARTING: died; the policy restarts it after `delay`
+            why = exit_text(code) if code is not None else "start failed"
+            self.set_state(comp, S.STARTING, f"{why}; restarting in {delay:.2f} s")
+            if delay > 0:
+                comp.next_restart_at = time.monotonic() + delay
+                self.notify()
+                await trio.sleep(delay)
+
+    async def _spawn(self, comp: Component) -> ChildProcess:
+        try:
+            comp.info.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # A start failure of this component (restart policy applies), not a
+            # crash of the supervisor.
+            raise SpawnError(f"cannot create the data directory {comp.info.data_dir}: "
+                             f"{exc.strerror or exc}") from None
+        launch = await call_hook(self.plugins, comp, "start", timeout=comp.cfg.start_timeout)
+        if not isinstance(launch, Launch):
+            raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned "
+                              f"{type(launch).__name__}, expected core.Launch")
+        assert self.nursery is not None
+        cwd = launch.cwd or str(self.config.config_dir)
+        try:
+            child = await ChildProcess.spawn(self.nursery, launch.argv, cwd=cwd,
+                                             env=dict(launch.env), log=comp.log)
+        except (TypeError, ValueError) as exc:
+            # Popen refuses it before any process exists (a non-string env
+            # value, a NUL byte): the plugin's mistake, this component's failure.
+            raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned a Launch that "
+                              f"cannot be run: {exc}") from None
+        comp.child = child
+        comp.health_check = launch.health if launch.probe else None
+        comp.probes = launch.probe and (comp.health_check is not None
+                                        or self.plugins.implements(comp.cfg.plugin, "probe"))
+        if self.record is not None:
+            self.record.add(comp.cfg.id, child.pid)
+        return child
+
+    async def _watch(self, comp: Component, child: ChildProcess) -> int:
+        """RUNNING until the child exits; probes quickly until it is first healthy."""
+        comp.child = child
+        comp.started_at = time.monotonic()
+        comp.exit_code = None
+        comp.error = None
+        comp.probe_error = None
+        comp.metrics = {}
+        has_probe = comp.probes
+        comp.health = "starting" if has_probe else "healthy"
+        # STARTING -> RUNNING: the process exists
+        self.set_state(comp, S.RUNNING, f"started pid {child.pid}")
+        async with trio.open_nursery() as nursery:
+            if has_probe:
+                nursery.start_soon(self._startup_probes, comp)
+            code = await child.wait()
+            nursery.cancel_scope.cancel()
+        if self.record is not None:
+            self.record.remove(child.pid)
+        comp.log.note(exit_text(code))
+        return code
+
+    # -- probes ------------------------------------------------------------------
+
+    async def probe(self, comp: Component, done: trio.Event) -> None:
+        """One probe of `comp`: its built-in check on the loop, or its plugin's
+        probe hook in a worker thread; bounded by probe_timeout either way."""
+        pid = comp.pid
+        if pid is None:
+            done.set()
+            return
+        comp.probe_busy_since = time.monotonic()
+        was = comp.health
+        try:
+            if comp.health_check is not None:
+                async with self._check_slots:
+                    result = await self._builtin_check(comp.health_check,
+                                                       comp.cfg.probe_timeout)
+                if comp.apply_probe(pid, result):
+                    self.notify()
+                return
+            async with self._probe_slots:
+                result = await call_hook(self.plugins, comp, "probe",
+                                         timeout=comp.cfg.probe_timeout,
+                                         limiter=comp.probe_limiter, pid=pid)
+            if comp.apply_probe(pid, result):
+                self.notify()
+        except Exception as exc:
+            if comp.pid == pid:
+                comp.health = "unhealthy"
+                # A PluginError already names the plugin and the hook.
+                comp.probe_error = str(exc) if isinstance(exc, PluginError) else (
+                    f"probe failed: {describe_exc(exc)}")
+        finally:
+            comp.probe_busy_since = None
+            if comp.pid == pid:
+                health_log.note_change(comp, was)
+            done.set()
+
+    @staticmethod
+    async def _builtin_check(spec: str, timeout: float) -> Probe:
+        with trio.move_on_after(timeout):
+            return await health.check(spec)
+        return Probe(healthy=False, error=f"health check {spec} did not answer within "
+                                          f"{timeout:g} s")
+
+    async def _startup_probes(self, comp: Component) -> None:
+        deadline = trio.current_time() + comp.cfg.start_timeout
+        while comp.health == "starting" and trio.current_time() < deadline:
+            if comp.probe_busy_since is None:
+                ev = trio.Event()
+                await self.probe(comp, ev)
+                if comp.health == "healthy":
+                    return
+                # Not healthy yet is normal while starting: keep "starting".
+                comp.health = "starting"
+            await trio.sleep(STARTUP_PROBE_INTERVAL)
+        if comp.health == "starting":
+            comp.health = "unhealthy"
+            comp.probe_error = (comp.probe_error or
+                                f"not healthy {comp.cfg.start_timeout:g} s after start")
+            health_log.note_change(comp, "starting", start_timed_out=True)
+            self.notify()
+
+    # -- stop ----------------------------------------------------------------------
+
+    async def _stop_child(self, comp: Component) -> None:
+        """Plugin stop hook, then signal, wait, SIGKILL: bounded by stop_timeout."""
+        child = comp.child
+        if child is None or child.returncode is not None:
+            comp.child = None
+            return
+        cfg = comp.cfg
+        if comp.state != S.STOPPING:
+            self.set_state(comp, S.STOPPING, "stop requested")  # RUNNING -> STOPPING
+        began = time.monotonic()
+        if self.plugins.implements(cfg.plugin, "stop"):
+            try:
+                with trio.move_on_after(cfg.stop_timeout / 2):
+                    await call_hook(self.plugins, comp, "stop", timeout=cfg.stop_timeout / 2,
+                                    pid=child.pid, limiter=comp.stop_limiter)
+            except Exception as exc:
+                comp.log.note(f"stop hook failed: {describe_exc(exc)}")
+        remaining = max(0.1, cfg.stop_timeout - (time.monotonic() - began))
+        code = await child.stop(cfg.stop_signal, remaining)
+        if self.record is not None:
+            self.record.remove(child.pid)
+        comp.exit_code = code
+        comp.child = None
+        comp.health = None
+        comp.metrics = {}
+        if comp.restart_requested:
+            comp.restarts += 1
+        # STOPPING -> STOPPED: stopped on request
+        self.set_state(comp, S.STOPPED, f"stopped ({exit_text(code)})")
+
+    async def _wait_dependencies(self, comp: Component) -> None:
+        deps = comp.cfg.depends_on
+        if not deps:
+            return
+        while True:
+            waiting = []
+            for dep in deps:
+                other = self.components.get(dep)
+                if other is None:
+                    continue
+                if not (other.state == S.RUNNING and other.health == "healthy"):
+                    detail = other.state.value if other.state != S.RUNNING else (
+                        f"running, {other.health}")
+                    waiting.append(f"{dep} ({detail})")
+            if not waiting:
+                comp.error = None
+                return
+            text = "waiting for " + ", ".join(waiting)
+            if comp.error != text:
+                comp.error = text
+                comp.log.note(text)
+            await self._changed.wait()
+
+    async def stop_many(self, cids: list[str], config: Config) -> None:
+        """Stop components in waves: nothing stops before what depends on it."""
+        pending = set(cids)
+        while pending:
+            wave = [c for c in pending if not any(
+                c in config.components[o].depends_on for o in pending
+                if o in config.components and o != c)]
+            if not wave:  # cannot happen with a validated config; stop the rest
+                wave = list(pending)
+            async with trio.open_nursery() as nursery:
+                for cid in wave:
+                    nursery.start_soon(self._stop_and_wait, cid)
+            pending -= set(wave)
+
+    async def _stop_and_wait(self, cid: str) -> None:
+        comp = self.components.get(cid)
+        if comp is None:
+            return
+        self.want(comp, False)
+        await self.wait_state(comp, lambda s: s in (S.STOPPED, S.ERROR) and comp.child is None)
