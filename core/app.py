@@ -123,7 +123,7 @@ async def serve(config_path: str | Path) -> int:
     except OSError as exc:
         raise StartupError(f"{config.path}: server.data_dir: cannot keep the event log in "
                            f"{server.data_dir}: {exc.strerror or exc}") from None
-    supervisor = Supervisor(config, plugins, hub, record=record)
+    supervisor = Supervisor(config, plugins, hub, record=record, events=events)
     stop = trio.Event()
     close_web = trio.Event()
     web_closed = trio.Event()

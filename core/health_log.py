@@ -15,8 +15,10 @@ from typing import Any
 log = logging.getLogger("control_center")
 
 
-def note_change(comp: Any, was: str | None, *, start_timed_out: bool = False) -> None:
-    """Write comp's health change since `was` to its log (nothing when unchanged)."""
+def note_change(comp: Any, was: str | None, *, start_timed_out: bool = False,
+                events: Any = None) -> None:
+    """Write comp's health change since `was` to its log (nothing when unchanged);
+    tell `events` (the event log) of it as "unhealthy" or "recovered"."""
     now = comp.health
     if now == was or now in (None, "starting"):
         return
@@ -27,3 +29,8 @@ def note_change(comp: Any, was: str | None, *, start_timed_out: bool = False) ->
         text += f": {comp.probe_error}"
     comp.log.note(text)
     log.info("%s: %s", comp.cfg.id, text)
+    if events is not None:
+        if now == "unhealthy":
+            events.emit("unhealthy", comp.cfg.id, reason=comp.probe_error)
+        elif now == "healthy" and was == "unhealthy":
+            events.emit("recovered", comp.cfg.id)

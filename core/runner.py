@@ -25,6 +25,7 @@ from core.states import ComponentState, check_transition
 
 if TYPE_CHECKING:
     from core.config import Config
+    from core.events import EventLog
     from core.leftovers import RunRecord
     from core.plugins import PluginManager
 
@@ -43,8 +44,10 @@ class Runner:
     """Runs each component's task; holds the components and the change event."""
 
     def __init__(self, config: Config, plugins: PluginManager,
-                 record: RunRecord | None) -> None:
+                 record: RunRecord | None, events: EventLog | None = None) -> None:
         self.config = config
+        #: Where every state change, crash, restart and give-up is told.
+        self.events = events
         self.plugins = plugins
         self.record = record
         self.components: dict[str, Component] = {}
@@ -96,6 +99,8 @@ class Runner:
         comp.state = new
         comp.log.note(f"{old.value} -> {new.value}: {reason}")
         log.info("%s: %s -> %s (%s)", comp.cfg.id, old.value, new.value, reason)
+        if self.events is not None:
+            self.events.emit("state", comp.cfg.id, old=old.value, new=new.value, reason=reason)
         for fn in self.listeners:
             fn(comp.cfg.id, old, new)
         self.notify()
@@ -148,6 +153,10 @@ class Runner:
                 quick = time.monotonic() - began < cfg.stable_after
             # The child is gone (or never came): the policy decides, this carries it out.
             comp.exit_code = code
+            if code != 0 and self.events is not None:
+                # Not asked to stop (a stop cancels this task first): a crash.
+                self.events.emit("crashed", cfg.id, reason=comp.error if code is None
+                                 else exit_text(code), exit_code=code)
             decision = after_exit(cfg.restart, code, quick=quick, failures=failures,
                                   backoff=Backoff(cfg.backoff_initial, cfg.backoff_factor,
                                                   cfg.backoff_max, cfg.max_failures))
@@ -167,6 +176,8 @@ class Runner:
                 comp.desired = False
                 comp.error = (f"gave up after {failures} quick failures in a row (last: "
                               f"{comp.error or exit_text(code)}); start it again to retry")
+                if self.events is not None:
+                    self.events.emit("gave_up", cfg.id, reason=comp.error, failures=failures)
                 # STARTING/RUNNING -> ERROR: too many quick failures
                 self.set_state(comp, S.ERROR, comp.error)
                 return
@@ -177,6 +188,9 @@ class Runner:
             # RUNNING -> STARTING: died; the policy restarts it after `delay`
             why = exit_text(code) if code is not None else "start failed"
             self.set_state(comp, S.STARTING, f"{why}; restarting in {delay:.2f} s")
+            if self.events is not None:
+                self.events.emit("restart_scheduled", cfg.id, delay=round(delay, 3),
+                                 restarts=comp.restarts)
             if delay > 0:
                 comp.next_restart_at = time.monotonic() + delay
                 self.notify()
@@ -265,10 +279,12 @@ class Runner:
                 # A PluginError already names the plugin and the hook.
                 comp.probe_error = str(exc) if isinstance(exc, PluginError) else (
                     f"probe failed: {describe_exc(exc)}")
+                if self.events is not None:
+                    self.events.emit("probe_error", comp.cfg.id, error=comp.probe_error)
         finally:
             comp.probe_busy_since = None
             if comp.pid == pid:
-                health_log.note_change(comp, was)
+                health_log.note_change(comp, was, events=self.events)
             done.set()
 
     @staticmethod
@@ -293,7 +309,7 @@ class Runner:
             comp.health = "unhealthy"
             comp.probe_error = (comp.probe_error or
                                 f"not healthy {comp.cfg.start_timeout:g} s after start")
-            health_log.note_change(comp, "starting", start_timed_out=True)
+            health_log.note_change(comp, "starting", start_timed_out=True, events=self.events)
             self.notify()
 
     # -- stop ----------------------------------------------------------------------

@@ -51,6 +51,7 @@ from core.snapshot import StatsReader, SystemStats, build_document, iso_utc
 from core.states import ComponentState
 
 if TYPE_CHECKING:
+    from core.events import EventLog
     from core.hub import Hub
     from core.leftovers import RunRecord
 
@@ -70,11 +71,12 @@ class Supervisor:
     """The components' public API, and the snapshot tick."""
 
     def __init__(self, config: Config, plugins: PluginManager, hub: Hub | None = None, *,
-                 record: RunRecord | None = None) -> None:
+                 record: RunRecord | None = None, events: EventLog | None = None) -> None:
         self.plugins = plugins
         self.hub = hub
         self.record = record
-        self._runner = Runner(config, plugins, record)
+        self.events = events
+        self._runner = Runner(config, plugins, record, events)
         self._components = self._runner.components
         self._stats = StatsReader()
         self._reload_lock = trio.Lock()
@@ -202,6 +204,8 @@ class Supervisor:
             self._runner.notify()
             log.info("config reloaded: %d added, %d removed, %d changed", len(added),
                      len(removed), len(changed))
+            if self.events is not None:
+                self.events.emit("reload", None, added=added, removed=removed, changed=changed)
             return {"added": added, "removed": removed, "changed": changed,
                     "unchanged": unchanged}
 

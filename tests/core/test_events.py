@@ -185,3 +185,39 @@ def test_notify_and_events_tables_are_checked(tmp_path: Path):
                     'url = "http://127.0.0.1:1/"\nmin_interval = 5\n')
     [config] = load(path).notify
     assert config.events == ("crashed", "gave_up") and config.min_interval == 5
+
+
+async def test_a_plugins_on_event_hears_every_event_in_order_off_the_loop(tmp_path):
+    import threading as th
+
+    from core import hookimpl
+    from core.config import load
+    from core.events import build, run_all
+    from core.plugins import PluginManager
+
+    heard: list[tuple[int, str, bool]] = []
+
+    class Listener:
+        @hookimpl
+        def on_event(self, event: dict) -> None:
+            heard.append((event["id"], event["kind"], th.current_thread() is th.main_thread()))
+
+    path = tmp_path / "config.toml"
+    path.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    config = load(path)
+    events, notifiers = build(config, PluginManager(load_entry_points=False,
+                                                    extra={"listener": Listener()}))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_all, events, notifiers)
+        for kind in ("state", "crashed", "restart_scheduled"):
+            events.emit(kind, "a")
+        with trio.fail_after(10):
+            while len(heard) < 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [(i, k) for i, k, _ in heard] == [(1, "state"), (2, "crashed"),
+                                             (3, "restart_scheduled")]
+    assert not any(on_loop for _, _, on_loop in heard)
+    # And the store has them, for GET /api/events.
+    assert [e.kind for e in await events.query(limit=10)] == ["state", "crashed",
+                                                              "restart_scheduled"]
