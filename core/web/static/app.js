@@ -6,6 +6,7 @@
 import {api, ApiError, clearToken, getToken, onUnauthorized, setToken, wsUrl} from "./api.js";
 import {Connection} from "./connection.js";
 import {createCharts} from "./charts.js";
+import {EventTimeline} from "./events.js";
 import {ComponentCards} from "./cards.js";
 import {formatClock, formatCount, formatCountdown, formatMegabytes, formatNumber} from
   "./format.js";
@@ -70,10 +71,25 @@ function applyFilter() {
   $("group-by").addEventListener("change", applyFilter);
 }
 
+const timeline = new EventTimeline(
+  {list: $("events"), filter: $("events-component"), notices: $("notices"),
+    empty: $("events-empty")},
+  (markers) => {
+    for (const chart of [charts.charts.compCpu, charts.charts.compMem]) {
+      chart.setMarkers(markers);
+    }
+  });
+
 const connection = new Connection({
   url: wsUrl,
   baseDelay,
   onSnapshot: (doc) => applySnapshot(doc, true),
+  onEvent: (event) => timeline.add(event),
+  onTokenExpired: () => {
+    clearToken();
+    app.started = false;
+    showAuth("Your token expired: enter a new one.");
+  },
   onStatus: (status) => {
     app.status = status;
     renderStatus();
@@ -271,6 +287,7 @@ async function start() {
       return; // the auth form is showing
     }
   }
+  await timeline.load();
   // The WebSocket sends the latest snapshot at once: no need for /api/status,
   // which answers 503 until the supervisor's first tick.
   connection.connect();

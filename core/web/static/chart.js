@@ -66,6 +66,7 @@ export class LineChart {
     this.format = options.format || ((v) => `${formatValue(v)}${this.unit ? ` ${this.unit}` : ""}`);
     this.series = [];
     this.points = [];
+    this.markers = [];
     this.width = 0;
     this.pending = false;
 
@@ -102,6 +103,12 @@ export class LineChart {
   /** Replace all points ([{t: ms, values: {key: number|null}}], oldest first). */
   setPoints(points) {
     this.points = points.slice(-this.maxPoints);
+    this.scheduleRender();
+  }
+
+  /** Vertical markers ([{t: ms, kind, label}]): restarts and crashes on the time axis. */
+  setMarkers(markers) {
+    this.markers = markers;
     this.scheduleRender();
   }
 
@@ -176,6 +183,21 @@ export class LineChart {
       grid.append(empty);
     }
     this.svg.append(grid);
+
+    if (points.length > 1) {
+      const marks = svg("g", {class: "chart-markers"});
+      for (const m of this.markers) {
+        if (m.t < t0 || m.t > t1) continue;
+        const mx = x(m.t).toFixed(1);
+        const line = svg("line", {x1: mx, x2: mx, y1: PAD.top, y2: PAD.top + plotH,
+          class: "chart-marker", "data-kind": m.kind});
+        const title = svg("title", {});
+        title.textContent = m.label;
+        line.append(title);
+        marks.append(line);
+      }
+      this.svg.append(marks);
+    }
 
     const baseline = PAD.top + plotH;
     this.series.forEach((s) => {

@@ -17,6 +17,8 @@ export class Connection {
    *   url: () => string          the ws:// URL (re-read each attempt: token)
    *   baseDelay, maxAttempts     reconnection policy
    *   onSnapshot(doc)            each snapshot document
+   *   onEvent(event)             each {"type": "event"} (asked for at open)
+   *   onTokenExpired()           after close 1008 "token expired": ask for a new one
    *   onStatus(status)           {state: "connecting"|"connected"|"reconnecting"
    *                               |"disconnected"|"locked", attempt, maxAttempts,
    *                               deadline (ms epoch, while waiting), reason}
@@ -28,6 +30,8 @@ export class Connection {
     this.baseDelay = options.baseDelay ?? 3000;
     this.maxAttempts = options.maxAttempts ?? 10;
     this.onSnapshot = options.onSnapshot || (() => {});
+    this.onEvent = options.onEvent || null;
+    this.onTokenExpired = options.onTokenExpired || null;
     this.onStatus = options.onStatus || (() => {});
     this.onClosed = options.onClosed || (async () => false);
     this.ws = null;
@@ -79,6 +83,7 @@ export class Connection {
     ws.onopen = () => {
       opened = true;
       this.attempts = 0;
+      if (this.onEvent) ws.send(JSON.stringify({type: "subscribe", events: true}));
       this.setStatus({state: "connected"});
     };
     ws.onmessage = (event) => {
@@ -93,6 +98,10 @@ export class Connection {
         console.warn("Control Center: server says", doc.error);
         return;
       }
+      if (doc && doc.type === "event") {
+        if (this.onEvent) this.onEvent(doc);
+        return;
+      }
       if (doc && doc.components && doc.metrics) this.onSnapshot(doc);
     };
     ws.onclose = (event) => {
@@ -103,6 +112,12 @@ export class Connection {
   }
 
   async closed(code, reason, opened) {
+    if (code === 1008 && reason === "token expired" && this.onTokenExpired) {
+      // Reconnecting with the same token would be refused: ask for a new one.
+      this.setStatus({state: "locked", code});
+      this.onTokenExpired();
+      return;
+    }
     if (NO_RECONNECT.has(code)) {
       const detail = reason ? ` (${reason})` : "";
       this.setStatus({state: "disconnected", code, reason: NO_RECONNECT.get(code) + detail});
