@@ -126,8 +126,12 @@ class Peer:
 
 
 class Ours(Peer):
+    #: More config.toml, e.g. a notifier (see OursHangingNotifier).
+    extra = ""
+
     def launch(self) -> None:
-        lines = ['[server]\nport = 0\ninterval = 2.0\ndata_dir = "data"\nlog_dir = "logs"\n']
+        lines = ['[server]\nport = 0\ninterval = 2.0\ndata_dir = "data"\nlog_dir = "logs"\n',
+                 self.extra]
         for i in range(self.children):
             lines.append(f'[components.c{i:03d}]\nplugin = "process"\n'
                          f'command = {json.dumps(PROGRAM)}\nstable_after = 1.0\n')
@@ -153,6 +157,16 @@ class Ours(Peer):
         conn.close()
         assert len(json.loads(body)["components"]) == self.children
         return took
+
+
+class OursHangingNotifier(Ours):
+    """Ours with a notifier that hangs on every event (a command that never ends
+    within its 30 s timeout): restarts must not wait for it."""
+
+    extra = ('[notify.stuck]\nkind = "command"\n'
+             f'command = {json.dumps([sys.executable, "-c", "import time; time.sleep(600)"])}\n'
+             'events = ["state", "crashed", "restart_scheduled"]\n'
+             'min_interval = 0\ntimeout = 30\nretries = 0\n')
 
 
 class Supervisord(Peer):
@@ -286,6 +300,8 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=15)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--only", help="comma-separated: supervisord,circus,pm2,ours")
+    parser.add_argument("--hanging-notifier", action="store_true",
+                        help="also ours with a notifier that hangs on every event")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     table: dict[str, dict[str, float | None]] = {}
@@ -307,6 +323,9 @@ def main() -> None:
         if args.pm2:
             peers.append(PM2("pm2", folder("pm2"), args.children, command=args.pm2))
         peers.append(Ours("ours", folder("ours"), args.children))
+        if args.hanging_notifier:
+            peers.append(OursHangingNotifier("ours, hanging notifier", folder("ours-notify"),
+                                             args.children))
         for peer in peers:
             if only and peer.name not in only:
                 continue
