@@ -151,6 +151,10 @@ class OptionReader:
                                    f"{describe(value)}")
         if not argv:
             raise OptionError(key, "expected a non-empty command")
+        for i, arg in enumerate(argv):
+            if "\0" in arg:
+                raise OptionError(f"{key}[{i}]", "contains a NUL byte, which no program can "
+                                                 "receive in its arguments")
         return argv
 
     def string_table(self, key: str, default: Any = _MISSING) -> Any:
@@ -167,6 +171,22 @@ class OptionReader:
             if not isinstance(v, str):
                 raise OptionError(f"{key}.{k}", f"expected a string, got {describe(v)}")
         return dict(value)
+
+    def env_table(self, key: str, default: Any = _MISSING) -> Any:
+        """Environment variables: a table of strings whose names and values a
+        process can really have (no ``=`` or NUL in a name, no NUL in a value).
+        """
+        table = self.string_table(key, default)
+        if table is None or table is default:
+            return table
+        for name, value in table.items():
+            if not name or "=" in name or "\0" in name:
+                raise OptionError(f"{key}.{name}", "expected a variable name without '=' or "
+                                                   "NUL bytes")
+            if "\0" in value:
+                raise OptionError(f"{key}.{name}", "contains a NUL byte, which no environment "
+                                                   "variable can hold")
+        return table
 
     @property
     def keys(self) -> frozenset[str]:

@@ -60,6 +60,10 @@ from core.spawn import SpawnError
 __all__ = ["CHILD_ENV", "RUN_ID", "ChildProcess", "SpawnError", "enable_subreaper",
            "kill_all_now", "reap_orphans", "stragglers"]
 
+#: Variables of the supervisor's own environment that no child inherits: the
+#: API token the command line client reads (`python -m core status`).
+SUPERVISOR_SECRETS = frozenset({"CONTROL_CENTER_TOKEN"})
+
 #: This supervisor process, unique across runs (pid + start time).
 RUN_ID = f"{this_process().pid}-{round(this_process().create_time() * 100)}"
 
@@ -143,7 +147,10 @@ class ChildProcess:
         if not argv:
             raise SpawnError("empty command")
         marker = f"{RUN_ID}/{next(_counter)}"
-        full_env = {**os.environ, **(env or {}), CHILD_ENV: marker}
+        # The supervisor's own secrets stay out of its children (a component
+        # that needs one says so in its own env).
+        inherited = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_SECRETS}
+        full_env = {**inherited, **(env or {}), CHILD_ENV: marker}
         with _registry_lock:
             popen = spawn_mod.popen(argv, cwd=cwd, env=full_env)
             child = cls(popen, log, marker, on_exit_reaped)

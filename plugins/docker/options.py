@@ -130,7 +130,7 @@ def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "image": image,
         "command": opts.command("command", None),
-        "env": opts.string_table("env", {}),
+        "env": opts.env_table("env", {}),
         "env_file": opts.string("env_file", None),
         "network": opts.string("network", "host"),
         "user": opts.string("user", None),

@@ -38,7 +38,7 @@ def read_options(options: Mapping[str, Any], *, command_required: bool = True) -
     result = {
         "command": command,
         "cwd": opts.string("cwd", None),
-        "env": opts.string_table("env", {}),
+        "env": opts.env_table("env", {}),
         "health_url": opts.string("health_url", None),
         "health_tcp": opts.string("health_tcp", None),
     }

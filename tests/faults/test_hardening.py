@@ -339,3 +339,38 @@ def test_cli_logs_escape_terminal_controls_unless_raw(tmp_path):
         raw = _logs_on_a_terminal(srv, "--raw")
     assert b"\x1b" not in out and b"\\x1b]52" in out and b"\\x0dINFO" in out, out
     assert b"\x1b]52" in raw
+
+
+# -- children's environments and impossible configs --------------------------------------
+
+def test_the_supervisors_token_does_not_reach_its_children(tmp_path, monkeypatch):
+    out = tmp_path / "env.json"
+    dump = ("import json, os, time; json.dump(dict(os.environ), open(" + repr(str(out)) +
+            ", 'w')); time.sleep(600)")
+    monkeypatch.setenv("CONTROL_CENTER_TOKEN", "the-operators-cli-token")
+    with serving(tmp_path, component_table("a", command=[sys.executable, "-c", dump])):
+        deadline = time.monotonic() + 10
+        while not out.exists() or not out.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.1)
+        env = json.loads(out.read_text())
+    assert "CONTROL_CENTER_TOKEN" not in env
+    assert env["CONTROL_CENTER_CHILD"]  # the marker is still there
+
+
+@pytest.mark.parametrize(("table", "where"), [
+    ('env = { "A=B" = "x" }', "components.a.env.A=B"),
+    ('env = { A = "x\\u0000y" }', "components.a.env.A"),
+    ('command = ["/bin/echo", "a\\u0000b"]', "components.a.command[1]")])
+def test_check_refuses_what_no_process_could_have(tmp_path, table, where):
+    import subprocess
+
+    config = tmp_path / "config.toml"
+    command = "" if table.startswith("command") else 'command = ["/bin/true"]\n'
+    config.write_text(f'[components.a]\nplugin = "process"\n{command}{table}\n')
+    out = subprocess.run([sys.executable, "-m", "core", "check", str(config)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stdout
+    assert where in out.stderr, out.stderr
+    assert "NUL" in out.stderr or "'='" in out.stderr, out.stderr
