@@ -153,13 +153,26 @@ class ChildProcess:
         full_env = {**inherited, **(env or {}), CHILD_ENV: marker}
         with _registry_lock:
             popen = spawn_mod.popen(argv, cwd=cwd, env=full_env)
-            child = cls(popen, log, marker, on_exit_reaped)
+            try:
+                child = cls(popen, log, marker, on_exit_reaped)
+            except OSError as exc:  # no descriptor left for its pidfd
+                _abandon(popen)
+                raise SpawnError(f"cannot watch {argv[0]}: {exc.strerror or exc}") from None
             _live[child.pid] = child
-        for pipe in (popen.stdout, popen.stderr):
-            assert pipe is not None
-            # Our own copy of the fd: FdStream owns and closes it, Popen forgets its file.
-            child._streams.append(trio.lowlevel.FdStream(os.dup(pipe.fileno())))
-            pipe.close()
+        try:
+            for pipe in (popen.stdout, popen.stderr):
+                assert pipe is not None
+                # Our own copy of the fd: FdStream owns and closes it, Popen forgets its
+                # file.
+                child._streams.append(trio.lowlevel.FdStream(os.dup(pipe.fileno())))
+                pipe.close()
+        except OSError as exc:  # out of descriptors: a child we cannot drain must go
+            child.kill_now()
+            for stream in child._streams:
+                stream.close()
+            _abandon(popen)
+            raise SpawnError(f"cannot take the output of {argv[0]}: {exc.strerror or exc}"
+                             ) from None
         popen.stdout = popen.stderr = None
         nursery.start_soon(child._drain_all)
         nursery.start_soon(child._watch)
@@ -406,3 +419,13 @@ class ChildProcess:
                 self._try_reap()
         self._release()
 
+
+def _abandon(popen: subprocess.Popen[bytes]) -> None:
+    """End a child just spawned that cannot be supervised (its own session: the group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    for pipe in (popen.stdout, popen.stderr):
+        if pipe is not None:
+            pipe.close()
+    with contextlib.suppress(ChildProcessError, OSError):
+        popen.wait(5)

@@ -29,6 +29,7 @@ PUBLIC API (used by the web layer and the CLI; signatures are stable):
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import time
@@ -63,6 +64,8 @@ S = ComponentState
 INLINE_STATS = 100
 #: The snapshot is built this many components per event-loop step.
 PUBLISH_CHUNK = 250
+#: Out of descriptors or memory: the tick goes on with the last figures.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 #: How long a reload may take to read and validate config.toml.
 CONFIG_LOAD_TIMEOUT = 5.0
 
@@ -79,6 +82,8 @@ class Supervisor:
         self._runner = Runner(config, plugins, record, events)
         self._components = self._runner.components
         self._stats = StatsReader()
+        self._last_stats = SystemStats(cpu_percent=0.0, memory_percent=0.0, processes={})
+        self._resource_warned = -1e9
         self._reload_lock = trio.Lock()
         self._shutting_down = False
         self.tick_count = 0
@@ -327,8 +332,22 @@ class Supervisor:
     def _read_stats(self, pids: list[int]) -> SystemStats:
         # Adopted orphans (we are a subreaper) are reaped here; the pass over
         # /proc this takes happens only when some child of ours is a zombie.
-        reap_orphans()
-        return self._stats.read(pids)
+        try:
+            reap_orphans()
+            stats = self._stats.read(pids)
+        except OSError as exc:
+            if exc.errno not in _RESOURCE_ERRNOS:
+                raise
+            # Out of descriptors or memory (EMFILE once killed the supervisor
+            # here): say so, show the last figures, try again next tick.
+            now = time.monotonic()
+            if now - self._resource_warned > 10:
+                self._resource_warned = now
+                log.error("reading the process table: %s; showing the last figures and "
+                          "retrying every tick", exc.strerror or exc)
+            return self._last_stats
+        self._last_stats = stats
+        return stats
 
     def publish_current(self) -> dict[str, Any]:
         """Publish a snapshot of the current state at once, without probes.
