@@ -199,6 +199,21 @@ def collect_routes(cls: type[JSONHandler]) -> list[Route]:
     return found
 
 
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stop`.
+
+    Not from the handler itself: a handler runs in the main thread between
+    two bytecodes, possibly while that thread is inside `stop.wait()` holding
+    the event's (non-reentrant) lock, and `set()` would then wait for that
+    lock forever. A short-lived thread sets it once the lock is free.
+    """
+    def on_signal(signum: int, frame: object) -> None:
+        threading.Thread(target=stop.set, name="stop-signal", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def serve_until_stopped(server: Server, stop: threading.Event,
                         on_stop: Callable[[], None]) -> None:
     """Serve until SIGTERM, SIGINT or `stop` is set, then run `on_stop` and close.
@@ -207,11 +222,7 @@ def serve_until_stopped(server: Server, stop: threading.Event,
     has exited, which would deadlock if called from the loop's own thread
     (a signal handler runs in the main thread).
     """
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop)
     loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                             name="http-accept", daemon=True)
     loop.start()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import signal
 import sys
 import threading
 import time
 from typing import Any
 from urllib.parse import quote
 
-from plugins.jsonhttp import JSONClient, Unreachable
+from plugins.jsonhttp import JSONClient, Unreachable, stop_on_signals
 
 VOCABULARY = """
 river mountain forest ocean desert valley glacier canyon meadow island
@@ -114,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rate > 0:
         parser.error("--rate must be > 0")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     print(f"workload: {args.rate} requests/s against {args.url}", flush=True)
     counts = run(args.url, args.rate, args.count, args.duration, stop, args.seed)
     print(f"workload: done, {counts}", flush=True)

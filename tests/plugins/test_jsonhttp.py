@@ -99,3 +99,25 @@ def test_a_stale_keep_alive_connection_is_retried_once(server: Server) -> None:
         assert client.call("GET", "/stats") == (200, {"total": 3})
     finally:
         client.close()
+
+
+def test_a_signal_during_stop_wait_cannot_deadlock_the_service() -> None:
+    import signal
+
+    from plugins.jsonhttp import stop_on_signals
+
+    stop = threading.Event()
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        stop_on_signals(stop)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        # As if the signal came while the main thread is inside stop.wait(),
+        # holding the event's lock: set() there would wait for it forever.
+        with stop._cond:  # type: ignore[attr-defined]
+            handler(signal.SIGTERM, None)
+            assert not stop.is_set()
+        assert stop.wait(5)
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
