@@ -159,6 +159,9 @@ class EventLog:
         self.recent: deque[Event] = deque(maxlen=RING_SIZE)
         self.consumers: list[Consumer] = []
         self.counts: Counter[str] = Counter()
+        #: Events the store could not keep (the disk or descriptors ran out).
+        self.unstored = 0
+        self._store_warned = -1e9
         self._changed = trio.Event()
         self._writer: Consumer | None = None
         if store is not None:
@@ -205,7 +208,16 @@ class EventLog:
                 batch.append(self._writer.receive.receive_nowait())
             except trio.WouldBlock:
                 break
-        await trio.to_thread.run_sync(self.store.write, batch)
+        try:
+            await trio.to_thread.run_sync(self.store.write, batch)
+        except (sqlite3.Error, OSError) as exc:  # out of descriptors, disk full...
+            self.unstored += len(batch)
+            now = time.monotonic()
+            if now - self._store_warned > 10:
+                self._store_warned = now
+                log.error("events: cannot write to %s: %s (%d events not stored so far; "
+                          "they are still pushed and notified)", self.store.path, exc,
+                          self.unstored)
 
     async def query(self, **filters: Any) -> list[Event]:
         if self.store is None:

@@ -374,3 +374,29 @@ def test_check_refuses_what_no_process_could_have(tmp_path, table, where):
     assert out.returncode == 2, out.stdout
     assert where in out.stderr, out.stderr
     assert "NUL" in out.stderr or "'='" in out.stderr, out.stderr
+
+
+def test_spawns_out_of_descriptors_fail_their_component_not_the_supervisor(tmp_path):
+    # 48 descriptors for 15 children: some spawns find none left for their
+    # pidfd or pipes. Those components fail (and are retried); the rest run.
+    limit = (48, 48)
+    comps = "".join(component_table(f"c{i:02d}", backoff_initial=0.2, max_failures=1000)
+                    for i in range(15))
+    srv = start_core_limited(tmp_path, comps, limit)
+    try:
+        time.sleep(3)
+        assert srv.alive(), srv.output()
+        assert "Traceback" not in srv.output(), srv.output()
+        status, _, body = request(srv, "GET", "/api/components")
+        assert status == 200
+        states = {c["id"]: c["state"] for c in body["components"]}
+        assert "running" in states.values(), states
+    finally:
+        srv.stop()
+
+
+def start_core_limited(tmp_path: Any, comps: str, limit: tuple[int, int]) -> CoreServer:
+    from .conftest import start_core
+
+    return start_core(tmp_path, comps, preexec_fn=lambda: resource.setrlimit(
+        resource.RLIMIT_NOFILE, limit))
