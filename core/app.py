@@ -134,7 +134,9 @@ async def serve(config_path: str | Path) -> int:
         try:
             await serve_web(supervisor, hub, server, shutdown=close_web,
                             after_fanout=collector.collect_if_due, auth_config=config.auth,
-                            events=events, notifiers=notifiers, task_status=task_status)
+                            events=events, notifiers=notifiers,
+                            reserved_descriptors=reserved_descriptors(config),
+                            task_status=task_status)
         finally:
             web_closed.set()
 
@@ -182,12 +184,20 @@ async def serve(config_path: str | Path) -> int:
 MIN_TOKEN_LENGTH = 16
 
 
+def reserved_descriptors(config: Config) -> int:
+    """Descriptors kept from the connections: a base, and for each component its
+    pidfd, two output pipes, its log file and its kept-open /proc stat file."""
+    from core.web.gate import RESERVED_DESCRIPTORS
+
+    return RESERVED_DESCRIPTORS + 5 * len(config.components)
+
+
 def _check_resources(config: Config) -> None:
     """Raise the descriptor limit for the clients; warn of a weak token."""
     from core.web.gate import connection_budget, raise_descriptor_limit
 
     before, after = raise_descriptor_limit()
-    cap = connection_budget(config.server.max_connections)
+    cap = connection_budget(config.server.max_connections, reserved_descriptors(config))
     if after != before:
         log.info("file descriptors: soft limit raised from %d to %d; up to %d connections "
                  "on port %d", before, after, cap, config.server.port)

@@ -22,7 +22,7 @@ from core.identity import AuthConfig
 from core.signing import Signer, load_signing_key
 from core.web.app import SupervisorAPI, build_app
 from core.web.frames import GOING_AWAY
-from core.web.gate import Gate, connection_budget
+from core.web.gate import RESERVED_DESCRIPTORS, Gate, connection_budget
 from core.web.listener import Listener, bind
 from core.web.security import Auth
 from core.web.ws import Fanout
@@ -50,13 +50,15 @@ async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig
                 shutdown: trio.Event, after_fanout: Callable[[], object] | None = None,
                 auth_config: AuthConfig | None = None, events: EventLog | None = None,
                 notifiers: list[Any] | None = None,
+                reserved_descriptors: int = RESERVED_DESCRIPTORS,
                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until `shutdown` is set; reports the bound port once listening.
 
     `after_fanout` is called after each tick's frames went out to the clients;
     `auth_config` is the `[auth]` table (JSON Web Tokens), if any; `events`
     the event log (GET /api/events, /ws subscribers) and `notifiers` its
-    notifiers (their failures in /metrics).
+    notifiers (their failures in /metrics); `reserved_descriptors` what the
+    connections may never take (the supervisor's own: children, logs, /proc).
 
     Raises OSError naming [server] host/port when the address cannot be bound.
     """
@@ -69,7 +71,7 @@ async def serve(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig
                   if server.signing_key is not None else None)
         fanout = Fanout(hub, server, auth, after_pass=after_fanout, signer=signer,
                         events=events)
-        gate = Gate(connection_budget(server.max_connections),
+        gate = Gate(connection_budget(server.max_connections, reserved_descriptors),
                     server.max_connections_per_address)
         listener = Listener(build_app(supervisor, hub, server, fanout, notifiers), config,
                             fanout, gate)

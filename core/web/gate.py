@@ -56,10 +56,10 @@ def raise_descriptor_limit() -> tuple[int, int]:
 def connection_budget(configured: int, reserved: int = RESERVED_DESCRIPTORS) -> int:
     """The connection cap: `configured` (0 = as many as the descriptors allow), below the limit.
 
-    The reserve is `reserved` descriptors, or a quarter of a small limit.
+    The reserve is `reserved` descriptors, but at most half a small limit.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    room = max(16, soft - min(reserved, soft // 4))
+    room = max(16, soft - min(reserved, soft // 2))
     return room if configured <= 0 else min(configured, room)
 
 
