@@ -72,9 +72,17 @@ def _point(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "timestamp": metrics.get("timestamp"),
         "metrics": {k: metrics.get(k) for k in METRIC_NAMES},
-        "components": {cid: {f: c.get(f) for f in _POINT_FIELDS}
+        "components": {cid: _component_point(c)
                        for cid, c in components.items() if isinstance(c, Mapping)},
     }
+
+
+def _component_point(c: Mapping[str, Any]) -> dict[str, Any]:
+    point = {f: c.get(f) for f in _POINT_FIELDS}
+    own = c.get("metrics")
+    if own and isinstance(own, Mapping):  # only where a probe gave some: the ring stays small
+        point["metrics"] = own
+    return point
 
 
 def normalise_metrics(names: Iterable[str]) -> frozenset[str]:

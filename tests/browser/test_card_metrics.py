@@ -27,6 +27,16 @@ def test_the_storage_card_shows_its_probe_metrics(new_page: Any, helpers: Any,
             "rows => rows.map(r => r.dataset.metric)")
         snap = server.get("/api/status")
         assert names == list(snap["components"]["storage"]["metrics"])
+        # And in the history charts: a series per component metric.
+        line = page.locator('#chart-component-metrics path.chart-line'
+                            '[data-series="storage/total_concepts"]')
+        line.wait_for(state="attached")
+        page.wait_for_function(
+            """() => Number(document.querySelector('#chart-component-metrics '
+                 + 'path.chart-line[data-series="storage/total_concepts"]')
+                 .dataset.points) >= 2""")
+        history = server.get("/api/history")
+        assert any("metrics" in p["components"].get("storage", {}) for p in history["points"])
         # Stopped: no metrics in the snapshot, none on the card.
         page.click('#component-storage [data-action="stop"]')
         page.locator("#component-storage .card-metrics").wait_for(state="hidden")

@@ -30,6 +30,28 @@ function perComponent(components, key, ids) {
   return values;
 }
 
+// Each component's own metrics (from its probe) as "cid/name" series: the
+// MAX_SERIES with the highest latest value.
+function ownMetrics(components) {
+  const found = [];
+  for (const [cid, c] of Object.entries(components || {})) {
+    for (const [name, value] of Object.entries((c && c.metrics) || {})) {
+      if (typeof value === "number") found.push({key: `${cid}/${name}`, cid, name, value});
+    }
+  }
+  found.sort((a, b) => b.value - a.value);
+  return found.slice(0, MAX_SERIES);
+}
+
+function ownValues(components, keys) {
+  const values = {};
+  for (const {key, cid, name} of keys) {
+    const m = components[cid] && components[cid].metrics;
+    values[key] = m && typeof m[name] === "number" ? m[name] : null;
+  }
+  return values;
+}
+
 export function createCharts(container) {
   const make = (id, options) => {
     const element = document.createElement("figure");
@@ -43,6 +65,8 @@ export function createCharts(container) {
   system.setSeries([{key: "cpu_percent", label: "CPU"}, {key: "memory_percent", label: "Memory"}]);
   const compCpu = make("chart-component-cpu", {title: "Component CPU", unit: "%"});
   const compMem = make("chart-component-memory", {title: "Component memory", unit: "MB"});
+  const compOwn = make("chart-component-metrics", {title: "Component metrics"});
+  let ownKeys = [];
   const storage = make("chart-storage", {title: "Storage size", unit: "MB"});
   storage.setSeries([{key: "storage_size_mb", label: "Size", color: "#3ecf8e"}]);
   const qps = make("chart-qps", {title: "Queries per second", unit: "q/s"});
@@ -58,8 +82,13 @@ export function createCharts(container) {
     return ids.map((cid) => ({key: cid, label: names[cid] || cid}));
   }
 
+  function ownSeries(keys) {
+    ownKeys = keys;
+    compOwn.setSeries(keys.map(({key, cid, name}) => ({key, label: `${names[cid] || cid}: ${name}`})));
+  }
+
   return {
-    charts: {system, compCpu, compMem, storage, qps, latency},
+    charts: {system, compCpu, compMem, compOwn, storage, qps, latency},
 
     /** Replace everything with /api/history's points (oldest first). */
     setHistory(points) {
@@ -80,6 +109,8 @@ export function createCharts(container) {
         "cpu_percent", cpuIds)})));
       compMem.setPoints(rows.map(({t, p}) => ({t, values: perComponent(p.components || {},
         "memory_mb", memIds)})));
+      ownSeries(ownMetrics(latest));
+      compOwn.setPoints(rows.map(({t, p}) => ({t, values: ownValues(p.components || {}, ownKeys)})));
       lastT = rows.length ? rows[rows.length - 1].t : -Infinity;
     },
 
@@ -93,12 +124,14 @@ export function createCharts(container) {
       }
       compCpu.setSeries(series(cpuIds));
       compMem.setSeries(series(memIds));
+      ownSeries(ownMetrics(components));
       const t = parseTime(doc.metrics && doc.metrics.timestamp);
       if (!Number.isFinite(t) || t <= lastT) return;
       lastT = t;
       for (const chart of metricCharts) chart.push(t, doc.metrics);
       compCpu.push(t, perComponent(components, "cpu_percent", cpuIds));
       compMem.push(t, perComponent(components, "memory_mb", memIds));
+      compOwn.push(t, ownValues(components, ownKeys));
     },
   };
 }
