@@ -30,9 +30,8 @@ from core.supervisor import Supervisor  # noqa: E402
 from core.web import serve  # noqa: E402
 
 
-async def main(interval: float, compression: bool) -> None:
-    server = ServerConfig(port=0, interval=interval, max_clients=100_000,
-                          compression=compression)
+async def main(interval: float) -> None:
+    server = ServerConfig(port=0, interval=interval, max_clients=100_000)
     config = parse("", Path("/nonexistent/bench.toml"))
     hub = Hub(interval=interval, history_seconds=0)
     supervisor = Supervisor(config, PluginManager(load_entry_points=False), None)
@@ -55,7 +54,6 @@ async def main(interval: float, compression: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--interval", type=float, default=2.0)
-    parser.add_argument("--compression", action="store_true")
     args = parser.parse_args()
     raise_fd_limit()
-    trio.run(main, args.interval, args.compression)
+    trio.run(main, args.interval)

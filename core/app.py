@@ -103,6 +103,7 @@ async def serve(config_path: str | Path) -> int:
     plugins = PluginManager()
     config = load_config(config_path, plugins)
     server = config.server
+    _check_resources(config)
     process.enable_subreaper()
     try:
         record = RunRecord(server.data_dir / ".control-center" / "run.json")
@@ -167,6 +168,29 @@ async def serve(config_path: str | Path) -> int:
         collector.give_back()
     log.info("stopped cleanly")
     return 0
+
+
+#: A token shorter than this is guessable; the supervisor warns at start-up.
+MIN_TOKEN_LENGTH = 16
+
+
+def _check_resources(config: Config) -> None:
+    """Raise the descriptor limit for the clients; warn of a weak token."""
+    from core.web.gate import connection_budget, raise_descriptor_limit
+
+    before, after = raise_descriptor_limit()
+    cap = connection_budget(config.server.max_connections)
+    if after != before:
+        log.info("file descriptors: soft limit raised from %d to %d; up to %d connections "
+                 "on port %d", before, after, cap, config.server.port)
+    if config.server.max_connections > cap:
+        log.warning("server.max_connections = %d is above what %d descriptors allow: "
+                    "serving at most %d", config.server.max_connections, after, cap)
+    token = config.server.token
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        log.warning("server.token is %d characters long: use at least %d random ones "
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(24))')",
+                    len(token), MIN_TOKEN_LENGTH)
 
 
 def run(config_path: str | Path) -> int:

@@ -34,6 +34,9 @@ DEFAULT_URL = "http://127.0.0.1:9000"
 #: Reconnection: first delay, factor, attempts (the seed's dashboard values).
 BASE_DELAY = 3.0
 MAX_ATTEMPTS = 10
+#: Seconds for a connection and its handshake: trio-websocket's own 60 s
+#: would leave the stream hanging when a server resets it mid-handshake.
+CONNECT_TIMEOUT = 10.0
 #: Close codes after which reconnecting would only repeat the refusal.
 FINAL_CODES = frozenset({1000, 1008})
 
@@ -108,15 +111,17 @@ class Client:
     async def component(self, cid: str) -> dict[str, Any]:
         return await self._call("GET", f"/api/components/{quote(cid, safe='')}")
 
-    async def _control(self, cid: str, action: str) -> dict[str, Any]:
-        body = await self._call("POST", f"/api/components/{quote(cid, safe='')}/{action}")
+    async def _control(self, cid: str, action: str, **params: Any) -> dict[str, Any]:
+        body = await self._call("POST", f"/api/components/{quote(cid, safe='')}/{action}",
+                                **params)
         return body["component"]
 
     async def start(self, cid: str) -> dict[str, Any]:
         return await self._control(cid, "start")
 
-    async def stop(self, cid: str) -> dict[str, Any]:
-        return await self._control(cid, "stop")
+    async def stop(self, cid: str, *, wait: bool = False) -> dict[str, Any]:
+        """With `wait`, the answer comes once the component is stopped, not stopping."""
+        return await self._control(cid, "stop", wait="true" if wait else None)
 
     async def restart(self, cid: str) -> dict[str, Any]:
         return await self._control(cid, "restart")
@@ -176,7 +181,8 @@ class Client:
         async with send:
             while True:
                 try:
-                    async with open_websocket_url(url, ssl_context=self.ssl_context) as ws:
+                    async with open_websocket_url(url, ssl_context=self.ssl_context,
+                                                  connect_timeout=CONNECT_TIMEOUT) as ws:
                         failures = 0
                         try:
                             if not await _pump(ws, send, subscribe):
@@ -188,8 +194,8 @@ class Client:
                     if code == 1000:
                         return
                     if code in FINAL_CODES:
-                        raise StreamClosed(code, exc.reason.reason or "closed by the server"
-                                           ) from None
+                        said = exc.reason.reason if exc.reason else None
+                        raise StreamClosed(code, said or "closed by the server") from None
                     reason = f"connection closed ({code})"
                 except ConnectionRejected as exc:
                     raise StreamClosed(None, f"{url} refused the connection: HTTP "

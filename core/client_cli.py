@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,10 +42,12 @@ def _uptime(seconds: float | None) -> str:
 
 def render_table(components: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> str:
     """The status table: one line per component, then the system line."""
-    header = ("ID", "NAME", "STATE", "PID", "UPTIME", "CPU", "MEM", "RESTARTS", "ERROR")
+    header = ("ID", "NAME", "STATE", "HEALTH", "PID", "UPTIME", "CPU", "MEM", "RESTARTS",
+              "ERROR")
     rows = [header]
     for cid, c in components.items():
-        rows.append((cid, c.get("name", ""), c.get("state", ""), _fmt(c.get("pid")),
+        rows.append((cid, c.get("name", ""), c.get("state", ""), c.get("health") or "-",
+                     _fmt(c.get("pid")),
                      _uptime(c.get("uptime")), _fmt(c.get("cpu_percent"), "%"),
                      _fmt(c.get("memory_mb"), "MB"), _fmt(c.get("restarts")),
                      c.get("error") or ""))
@@ -63,7 +67,14 @@ def _client(args: argparse.Namespace) -> Client:
     context = None
     if getattr(args, "cacert", None):
         context = ssl.create_default_context(cafile=args.cacert)
-    return Client(args.url, args.token, ssl_context=context)
+    token = args.token
+    if getattr(args, "token_file", None):
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"error: --token-file: cannot read {args.token_file}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    return Client(args.url, token, ssl_context=context)
 
 
 def _runner(body: Callable[[Client, argparse.Namespace], Awaitable[int]]
@@ -123,27 +134,44 @@ def _describe(view: dict[str, Any]) -> str:
 
 def _control(action: str) -> Callable[[Client, argparse.Namespace], Awaitable[int]]:
     async def body(client: Client, args: argparse.Namespace) -> int:
-        view = await getattr(client, action)(args.id)
+        if action == "stop":
+            view = await client.stop(args.id, wait=not args.no_wait)
+        else:
+            view = await getattr(client, action)(args.id)
         print(_describe(view))
         return 0 if view.get("state") != "error" else 1
 
     return body
 
 
-def _print_lines(lines: list[dict[str, Any]]) -> None:
+#: C0 controls but tab, DEL, C1 controls: what a child's output may use to
+#: drive the operator's terminal (OSC 52 clipboard, window titles, a \r that
+#: overwrites a line with a fake supervisor message).
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every terminal control character shown as an escape (\\x1b)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _print_lines(lines: list[dict[str, Any]], raw: bool) -> None:
     for ln in lines:
         stream = "" if ln["stream"] == "stdout" else f"[{ln['stream']}] "
-        print(f"{ln['time']} {stream}{ln['text']}", flush=True)
+        text = ln["text"] if raw else escape_controls(ln["text"])
+        print(f"{ln['time']} {stream}{text}", flush=True)
 
 
 async def _logs(client: Client, args: argparse.Namespace) -> int:
+    # On a terminal a child's control sequences are shown, not obeyed.
+    raw = args.raw or not sys.stdout.isatty()
     answer = await client.logs(args.id, lines=args.lines)
-    _print_lines(answer["lines"])
+    _print_lines(answer["lines"], raw)
     last = answer["last_seq"]
     while args.follow:
         await trio.sleep(FOLLOW_POLL)
         answer = await client.logs(args.id, after=last, lines=5000)
-        _print_lines(answer["lines"])
+        _print_lines(answer["lines"], raw)
         last = answer["last_seq"]
     return 0
 
@@ -165,7 +193,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--url", default=DEFAULT_URL,
                        help=f"the server (default {DEFAULT_URL})")
         p.add_argument("--token", default=os.environ.get(TOKEN_ENV),
-                       help=f"API token (default: ${TOKEN_ENV})")
+                       help=f"API token (default: ${TOKEN_ENV}); visible in ps: prefer "
+                            "--token-file")
+        p.add_argument("--token-file", default=None,
+                       help="read the API token from this file")
         p.add_argument("--cacert", default=None,
                        help="CA certificate to trust for https:// (self-signed servers)")
         p.set_defaults(func=_runner(body))
@@ -178,9 +209,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     for action in ("start", "stop", "restart"):
         p = command(action, f"{action} one component", _control(action))
         p.add_argument("id", help="component id")
+        if action == "stop":
+            p.add_argument("--no-wait", action="store_true",
+                           help="answer once it is stopping (default: once it is stopped)")
     logs = command("logs", "print a component's recent output", _logs)
     logs.add_argument("id", help="component id")
     logs.add_argument("-n", "--lines", type=int, default=50,
                       help="how many recent lines (default 50)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--raw", action="store_true",
+                      help="print control characters as they are (on a terminal they are "
+                           "escaped by default)")
     command("reload", "re-read the server's config.toml", _reload)

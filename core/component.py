@@ -6,7 +6,6 @@ snapshot and the web layer read it through `describe`.
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 
 import trio
 
+from core import probe_metrics
 from core.config import ComponentConfig
 from core.errors import PluginError
 from core.logs import LogTail
@@ -93,9 +93,8 @@ class Component:
         self.probe_error = None if result.healthy else (
             str(result.error) if result.error else "probe reported unhealthy")
         try:
-            self.metrics = {k: v for k, v in dict(result.metrics).items()
-                            if isinstance(v, int | float) and not isinstance(v, bool)
-                            and math.isfinite(v)}
+            self.metrics = probe_metrics.accept(self, result.metrics, self.log.note,
+                                                self.cfg.id)
         except (TypeError, ValueError):
             self.metrics = {}
             self.probe_error = "probe returned metrics that are not a mapping of numbers"
@@ -132,6 +131,7 @@ class Component:
             "health": self.health if running else None,
             "next_restart_in": next_in,
             "depends_on": list(self.cfg.depends_on),
+            "metrics": dict(self.metrics) if running else {},
         }
 
 

@@ -7,6 +7,7 @@ the supervisor behaves the same whatever directory it is started from.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import tomllib
 from collections.abc import Callable, Mapping
@@ -15,63 +16,64 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from core.errors import ConfigError, OptionError, closest
+from core import schema
+from core.errors import ConfigError, OptionError, did_you_mean
+from core.options import UnknownOptionError
+from core.options import describe as _describe
 
-RESTART_POLICIES = ("always", "on-failure", "never")
+RESTART_POLICIES = schema.RESTART_POLICIES
+
+
+_S = schema.SERVER_KEYS
+_C = schema.COMPONENT_KEYS
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 9000
-    interval: float = 2.0
+    """The `[server]` table; every key is described in core.schema.SERVER."""
+
+    host: str = _S["host"].default
+    port: int = _S["port"].default
+    interval: float = _S["interval"].default
     token: str | None = None
-    #: Origins allowed besides the page's own; "*" allows any.
     allowed_origins: tuple[str, ...] = ()
-    max_clients: int = 1000
+    allowed_hosts: tuple[str, ...] = ()
+    max_clients: int = _S["max_clients"].default
+    max_connections: int = _S["max_connections"].default
+    max_connections_per_address: int = _S["max_connections_per_address"].default
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    #: Where components keep their data (each gets data_dir/<id>) and where
-    #: the supervisor records what it spawned.
-    data_dir: Path = Path("data")
-    log_dir: Path = Path("logs")
-    #: Lines of each component's output kept in memory for the logs endpoint.
-    log_lines: int = 1000
-    log_max_bytes: int = 5 * 1024 * 1024
-    log_backups: int = 3
-    #: Seconds of snapshot history kept for charts.
-    history_seconds: float = 3600.0
-    #: Accept permessage-deflate when a client offers it (costs server CPU).
-    compression: bool = False
-    #: Largest client WebSocket message, in bytes (bigger -> close 1009).
-    max_message_bytes: int = 64 * 1024
-    #: Control requests (REST POSTs) per second per client before 429.
-    control_rate: float = 20.0
-    #: WebSocket messages per second per client before close 1008.
-    message_rate: float = 50.0
+    data_dir: Path = Path(_S["data_dir"].default)
+    log_dir: Path = Path(_S["log_dir"].default)
+    log_lines: int = _S["log_lines"].default
+    log_max_bytes: int = _S["log_max_bytes"].default
+    log_backups: int = _S["log_backups"].default
+    history_seconds: float = _S["history_seconds"].default
+    max_message_bytes: int = _S["max_message_bytes"].default
+    control_rate: float = _S["control_rate"].default
+    message_rate: float = _S["message_rate"].default
+    auth_failure_rate: float = _S["auth_failure_rate"].default
 
 
 @dataclass(frozen=True)
 class ComponentConfig:
+    """One `[components.<id>]` table; the core's keys are described in core.schema.COMPONENT."""
+
     id: str
     plugin: str
     name: str
-    autostart: bool = True
-    restart: str = "on-failure"
+    autostart: bool = _C["autostart"].default
+    restart: str = _C["restart"].default
     depends_on: tuple[str, ...] = ()
     stop_signal: int = signal.SIGTERM.value
-    stop_timeout: float = 10.0
-    start_timeout: float = 30.0
-    probe_timeout: float = 1.0
-    #: First restart delay; each quick failure multiplies it by backoff_factor
-    #: up to backoff_max.
-    backoff_initial: float = 0.5
-    backoff_factor: float = 2.0
-    backoff_max: float = 30.0
-    #: A run longer than this is healthy: backoff and failure count reset.
-    stable_after: float = 10.0
-    #: Quick failures in a row before giving up (state "error").
-    max_failures: int = 8
+    stop_timeout: float = _C["stop_timeout"].default
+    start_timeout: float = _C["start_timeout"].default
+    probe_timeout: float = _C["probe_timeout"].default
+    backoff_initial: float = _C["backoff_initial"].default
+    backoff_factor: float = _C["backoff_factor"].default
+    backoff_max: float = _C["backoff_max"].default
+    stable_after: float = _C["stable_after"].default
+    max_failures: int = _C["max_failures"].default
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def same_launch(self, other: ComponentConfig) -> bool:
@@ -110,18 +112,12 @@ class Config:
         return order
 
 
-_SERVER_KEYS = {f for f in ServerConfig.__dataclass_fields__}
-_COMMON_KEYS = {f for f in ComponentConfig.__dataclass_fields__} - {"id", "options"}
+#: "compression" is known only to be refused with its reason.
+_SERVER_KEYS = set(schema.SERVER_KEYS) | {"compression"}
+_COMMON_KEYS = set(schema.COMPONENT_KEYS)
 
 #: validate(component_id, plugin, options) -> normalised options; raises OptionError.
 Validator = Callable[[str, str, Mapping[str, Any]], Mapping[str, Any]]
-
-
-def _describe(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "a table"}
-    return f"{names.get(type(value), type(value).__name__)} ({value!r})" if not isinstance(
-        value, dict | list) else names[type(value)]
 
 
 class _Reader:
@@ -141,8 +137,7 @@ class _Reader:
             return
         for key in self.table:
             if key not in allowed:
-                hint = closest(key, allowed)
-                suffix = f"; did you mean {hint!r}?" if hint else ""
+                suffix = did_you_mean(key, allowed)
                 raise self.error(key, f"unknown key{suffix}")
 
     def get(self, key: str, default: Any, kind: type | tuple[type, ...], expected: str) -> Any:
@@ -173,8 +168,8 @@ class _Reader:
     def number(self, key: str, default: float, lo: float, hi: float = math.inf) -> float:
         value = self.get(key, default, (int, float), "a number")
         if not (lo <= value <= hi) or math.isnan(value):
-            upper = "" if hi == math.inf else f" and <= {hi}"
-            raise self.error(key, f"expected a number >= {lo}{upper}, got {value}")
+            bounds = f">= {lo}" if hi == math.inf else f"from {lo} to {hi}"
+            raise self.error(key, f"expected a number {bounds}, got {value}")
         return float(value)
 
     def path_value(self, key: str, default: Path | None, base: Path) -> Path | None:
@@ -207,45 +202,72 @@ def _parse_signal(reader: _Reader, key: str, default: int) -> int:
         return signal.Signals[name].value
     except KeyError:
         names = [s.name for s in signal.Signals]
-        hint = closest(name, names)
-        suffix = f"; did you mean {hint!r}?" if hint else ""
+        suffix = did_you_mean(name, names)
         raise reader.error(key, f"unknown signal {value!r}{suffix}") from None
+
+
+def _read(r: _Reader, key: schema.Key, base: Path) -> Any:
+    """One key by its definition in core.schema: type, default and bounds."""
+    kind, name = key.kind, key.name
+    if kind == "integer":
+        assert key.low is not None and key.high is not None, name  # integers have bounds
+        return r.integer(name, key.default, int(key.low), int(key.high))
+    if kind == "number":
+        high = math.inf if key.high is None else key.high
+        return r.number(name, key.default, key.low if key.low is not None else -math.inf, high)
+    if kind == "boolean":
+        return r.boolean(name, key.default)
+    if kind == "strings":
+        return r.strings(name, key.default)
+    if kind == "path":
+        default = None if key.default is None else Path(key.default)
+        return r.path_value(name, default, base)
+    if kind == "signal":
+        return _parse_signal(r, name, signal.Signals[key.default].value)
+    if kind == "choice":
+        value = r.string(name, key.default)
+        if value not in key.choices:
+            raise r.error(name, f"expected one of {', '.join(map(repr, key.choices))}, "
+                                f"got {value!r}")
+        return value
+    return r.string(name, key.default)
+
+
+def _read_token_file(r: _Reader, path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise r.error("token_file", f"cannot read {path}: "
+                                    f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise r.error("token_file", f"expected a token, {path} is empty")
+    return token
 
 
 def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
     r = _Reader(path, "server", table)
     r.check_keys(_SERVER_KEYS)
     base = path.parent
-    d = ServerConfig()
-    cert = r.path_value("tls_cert", None, base)
-    key = r.path_value("tls_key", None, base)
+    values = {k.name: _read(r, k, base) for k in schema.SERVER if k.name != "token_file"}
+    cert, key = values["tls_cert"], values["tls_key"]
     if (cert is None) != (key is None):
         missing = "tls_key" if key is None else "tls_cert"
         raise r.error(missing, "tls_cert and tls_key go together; set both or neither")
     for p, name in ((cert, "tls_cert"), (key, "tls_key")):
         if p is not None and not p.is_file():
             raise r.error(name, f"expected a readable file, {p} does not exist")
-    token = r.string("token", None)
-    return ServerConfig(
-        host=r.string("host", d.host),
-        port=r.integer("port", d.port, 0, 65535),
-        interval=r.number("interval", d.interval, 0.05, 3600),
-        token=token,
-        allowed_origins=r.strings("allowed_origins", d.allowed_origins),
-        max_clients=r.integer("max_clients", d.max_clients, 1, 1_000_000),
-        tls_cert=cert,
-        tls_key=key,
-        data_dir=r.path_value("data_dir", d.data_dir, base) or base,
-        log_dir=r.path_value("log_dir", d.log_dir, base) or base,
-        log_lines=r.integer("log_lines", d.log_lines, 10, 1_000_000),
-        log_max_bytes=r.integer("log_max_bytes", d.log_max_bytes, 4096, 2**40),
-        log_backups=r.integer("log_backups", d.log_backups, 0, 1000),
-        history_seconds=r.number("history_seconds", d.history_seconds, 0, 7 * 86400),
-        compression=r.boolean("compression", d.compression),
-        max_message_bytes=r.integer("max_message_bytes", d.max_message_bytes, 64, 64 * 2**20),
-        control_rate=r.number("control_rate", d.control_rate, 0.1),
-        message_rate=r.number("message_rate", d.message_rate, 0.1),
-    )
+    if "compression" in table:
+        raise r.error("compression", "is no longer supported: WebSocket messages are never "
+                      "compressed (permessage-deflate cost +37 % server CPU and ~200 KB per "
+                      "client); remove the key")
+    values["allowed_hosts"] = tuple(h.lower().rstrip(".") for h in values["allowed_hosts"])
+    raw_file = r.string("token_file", None)
+    if raw_file is not None:
+        if values["token"] is not None:
+            raise r.error("token_file", "token and token_file exclude each other; set one")
+        values["token"] = _read_token_file(r, base / Path(os.path.expandvars(raw_file))
+                                           .expanduser())
+    return ServerConfig(**values)
 
 
 def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
@@ -262,52 +284,34 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         raise r.error("plugin", "is required: the plugin that drives this component "
                                 "(e.g. \"process\")")
     if plugins is not None and plugin not in plugins:
-        hint = closest(plugin, plugins)
-        suffix = f"; did you mean {hint!r}?" if hint else ""
+        suffix = did_you_mean(plugin, plugins)
         raise r.error("plugin", f"unknown plugin {plugin!r} (installed: "
                                 f"{', '.join(sorted(plugins))}){suffix}")
-    restart = r.string("restart", "on-failure")
-    if restart not in RESTART_POLICIES:
-        raise r.error("restart", f"expected one of {', '.join(map(repr, RESTART_POLICIES))}, "
-                                 f"got {restart!r}")
-    d = ComponentConfig(id=cid, plugin=plugin, name=cid)
-    backoff_initial = r.number("backoff_initial", d.backoff_initial, 0, 3600)
-    backoff_max = r.number("backoff_max", d.backoff_max, 0, 86400)
-    if backoff_max < backoff_initial:
+    values = {k.name: _read(r, k, path.parent) for k in schema.COMPONENT
+              if k.name not in ("plugin", "name")}
+    if values["backoff_max"] < values["backoff_initial"]:
         raise r.error("backoff_max", f"expected a number >= backoff_initial "
-                                     f"({backoff_initial}), got {backoff_max}")
-    common = {k: v for k, v in table.items() if k in _COMMON_KEYS}
+                                     f"({values['backoff_initial']}), got "
+                                     f"{values['backoff_max']}")
+    cfg = ComponentConfig(id=cid, plugin=plugin, name=r.string("name", cid), **values)
     extra = {k: v for k, v in table.items() if k not in _COMMON_KEYS}
-    cfg = ComponentConfig(
-        id=cid,
-        plugin=plugin,
-        name=r.string("name", cid),
-        autostart=r.boolean("autostart", d.autostart),
-        restart=restart,
-        depends_on=r.strings("depends_on", ()),
-        stop_signal=_parse_signal(r, "stop_signal", d.stop_signal),
-        stop_timeout=r.number("stop_timeout", d.stop_timeout, 0.1, 3600),
-        start_timeout=r.number("start_timeout", d.start_timeout, 0.1, 3600),
-        probe_timeout=r.number("probe_timeout", d.probe_timeout, 0.05, 600),
-        backoff_initial=backoff_initial,
-        backoff_factor=r.number("backoff_factor", d.backoff_factor, 1.0, 100),
-        backoff_max=backoff_max,
-        stable_after=r.number("stable_after", d.stable_after, 0, 86400),
-        max_failures=r.integer("max_failures", d.max_failures, 1, 1_000_000),
-    )
-    del common
     options: Mapping[str, Any] = extra
     if validate is not None:
         try:
             options = validate(cid, plugin, extra)
         except OptionError as exc:
-            message = exc.message
-            if message.startswith("unknown key") and "did you mean" not in message:
-                hint = closest(exc.key, _COMMON_KEYS)
-                if hint:
-                    message += f"; did you mean {hint!r}?"
-            raise r.error(exc.key, message) from None
+            raise r.error(exc.key, _option_message(exc, plugin)) from None
     return ComponentConfig(**{**cfg.__dict__, "options": MappingProxyType(dict(options))})
+
+
+def _option_message(exc: OptionError, plugin: str) -> str:
+    """A plugin's error; an unknown key is told against the common keys as well."""
+    if not isinstance(exc, UnknownOptionError):
+        return exc.message
+    suffix = did_you_mean(exc.key, _COMMON_KEYS | exc.known)
+    own = ", ".join(sorted(exc.known)) or "none"
+    return (f"unknown key{suffix} (the {plugin} plugin's keys: {own}; the common keys: "
+            f"{', '.join(k.name for k in schema.COMPONENT)})")
 
 
 def parse(text: str, path: Path, *, plugins: set[str] | None = None,
@@ -324,8 +328,7 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
         raise ConfigError(str(path), None, f"invalid TOML: {message}") from None
     for key in data:
         if key not in ("server", "components"):
-            hint = closest(key, ("server", "components"))
-            suffix = f"; did you mean {hint!r}?" if hint else ""
+            suffix = did_you_mean(key, ("server", "components"))
             raise ConfigError(str(path), key, f"unknown table or key{suffix}")
     server_table = data.get("server", {})
     if not isinstance(server_table, dict):
@@ -347,8 +350,7 @@ def _check_dependencies(path: Path, components: Mapping[str, ComponentConfig]) -
                 raise ConfigError(str(path), f"components.{cid}.depends_on[{i}]",
                                   "a component cannot depend on itself")
             if dep not in components:
-                hint = closest(dep, components)
-                suffix = f"; did you mean {hint!r}?" if hint else ""
+                suffix = did_you_mean(dep, components)
                 raise ConfigError(str(path), f"components.{cid}.depends_on[{i}]",
                                   f"unknown component {dep!r}{suffix}")
     # Cycle check: depth-first with colours; report the cycle as a path.

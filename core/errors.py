@@ -12,6 +12,12 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """"; did you mean 'X'?" for the closest choice, or "" when none is close."""
+    hint = closest(word, choices)
+    return f"; did you mean {hint!r}?" if hint else ""
+
+
 class ConfigError(Exception):
     """The operator's config is wrong: names the file, the key path and what was expected."""
 

@@ -39,8 +39,11 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 def validate_config(component_id: str, options: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """Check this plugin's keys of one ``[components.<id>]`` table.
 
-    Called in the main thread when config.toml is loaded or reloaded, before
-    anything starts. Must not block.
+    Called when config.toml is loaded (in the main thread, before anything
+    starts; also by ``python -m core check``) and on every reload (in a
+    worker thread; the whole reload must finish within 5 s, or it is
+    refused and nothing changes). Should not block: check the values, do
+    not connect to anything.
 
     :param component_id: the table name, e.g. ``"storage"``.
     :param options: every key of the table that is not a common key
@@ -73,11 +76,30 @@ def start(component: ComponentInfo) -> Launch:
 def stop(component: ComponentInfo, pid: int) -> None:
     """Ask the component to shut down cleanly, before the core's signals.
 
-    Called from a worker thread when the component is asked to stop; the
-    whole stop (this hook, then the stop signal to the process group, then
-    SIGKILL) is bounded by the component's ``stop_timeout``. A plugin with
-    nothing better than a signal need not implement it. The return value is
-    ignored.
+    Called from a worker thread whenever a running component is to stop: a
+    stop or restart request, a reload that removes or changes it, the
+    supervisor's shutdown. ``pid`` is the process that ``start``'s Launch
+    became (the leader of its process group). Not called when the process
+    has exited by itself.
+
+    The contract, with ``T`` the component's ``stop_timeout`` (default 10 s):
+
+    1. The hook runs for at most ``T / 2``; past that it is abandoned (its
+       thread finishes in the background) and the stop goes on.
+    2. As soon as the hook returns (or is abandoned or raises), the core
+       sends ``stop_signal`` (default SIGTERM) to the process group, even
+       if the process is still busy exiting. If the process has already
+       exited, only what it left in its group gets the signal. So a hook
+       that wants the process to finish on its own terms (flush, checkpoint)
+       waits until it has exited before returning, within ``T / 2``: poll
+       the service (its listener closes), or ``os.kill(pid, 0)`` until it
+       raises ProcessLookupError (the core reaps its child at once).
+    3. Whatever is still alive ``T`` after the stop began is killed with
+       SIGKILL, the whole group.
+
+    A plugin with nothing better than a signal need not implement it. The
+    return value is ignored; an exception is written to the component's
+    log ("stop hook failed: ...") and the signals follow as usual.
     """
 
 
@@ -98,5 +120,8 @@ def probe(component: ComponentInfo, pid: int) -> Probe | None:
     time; a result that comes later shows in the next snapshot.
 
     :return: a ``Probe``; None means "no opinion": healthy while the process
-        is alive, no metrics.
+        is alive, no metrics. ``Probe.metrics`` become the component's own
+        ``metrics`` in the snapshot (see ``core.Probe``). A change of health
+        is written to the component's log with ``Probe.error`` as the
+        reason; being unhealthy never restarts a component.
     """

@@ -40,6 +40,12 @@ METRIC_ALIASES = {"cpu": "cpu_percent", "memory": "memory_percent"}
 #: The history keeps at least this much, whatever history_seconds says.
 MIN_HISTORY_SECONDS = 1800.0
 
+#: Distinct subscription filters whose text is cached per tick. Past it a
+#: filter's text is built for each client that asks: more CPU for a client
+#: with a filter of its own, never more memory (10 clients with distinct
+#: 58 KB filters once took the cache, and RSS, to 500 MB).
+MAX_CACHED_FILTERS = 64
+
 #: A point's per-component fields.
 _POINT_FIELDS = ("state", "cpu_percent", "memory_mb")
 
@@ -150,6 +156,6 @@ class Hub:
             {k: v for k, v in mets.items() if k in metrics},
         }
         text = json.dumps(out)
-        if snap is self.latest:
+        if snap is self.latest and len(self._filtered) < MAX_CACHED_FILTERS:
             self._filtered[key] = text
         return text

@@ -12,7 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-#: The snapshot's `metrics` keys a plugin may contribute through a Probe.
+#: The protocol's five plugin figures: a probe's metrics with these names also
+#: fill the snapshot's top-level `metrics` (summed; avg_latency_ms averaged).
 PLUGIN_METRICS = (
     "total_concepts",
     "total_associations",
@@ -28,13 +29,30 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class ComponentInfo:
     """What a plugin knows about the component it drives.
 
-    `options` holds the plugin-specific keys of `[components.<id>]`, as
-    returned by the plugin's `validate_config` hook. `data_dir` is this
-    component's own directory (created by the core before `start`);
-    `config_dir` is the directory of config.toml, against which relative
-    paths in options are resolved. `stop_timeout` is the component's own
-    (seconds): the whole stop is bounded by it, which a plugin that stops
-    something the core's signals do not reach (a container) must know.
+    Every hook but ``validate_config`` receives one as ``component``; it is
+    built from ``[components.<id>]`` and does not change while the config
+    stays the same (a reload that changes the table restarts the component
+    with a new one).
+
+    Fields:
+
+    - ``id`` (str): the table name, ``"storage"`` for ``[components.storage]``;
+      unique, letters, digits, ``-`` and ``_``.
+    - ``name`` (str): the display name (the ``name`` key; default the id).
+    - ``plugin`` (str): the plugin's entry point name (the ``plugin`` key).
+    - ``options`` (read-only mapping): the plugin's own keys, as returned by
+      its ``validate_config`` hook (defaults filled in). Default: empty.
+    - ``data_dir`` (Path): this component's own directory,
+      ``<[server] data_dir>/<id>`` (``data/<id>`` next to config.toml by
+      default), absolute. The core creates it before every ``start`` call;
+      it survives restarts and upgrades, nothing else writes to it.
+      Default (outside the core, e.g. in a unit test): ``Path(".")``.
+    - ``config_dir`` (Path): the directory of config.toml, absolute;
+      resolve relative paths found in ``options`` against it. Default
+      ``Path(".")``.
+    - ``stop_timeout`` (float, seconds): the component's own; the whole
+      stop is bounded by it, which a plugin that stops something the core's
+      signals do not reach (a container) must know. Default 10.0.
     """
 
     id: str
@@ -48,13 +66,27 @@ class ComponentInfo:
 
 @dataclass(frozen=True)
 class Launch:
-    """The process a `start` hook asks the core to run.
+    """The process a ``start`` hook asks the core to run.
 
-    The core spawns it (own session, death signal, drained output) so that
-    nothing a plugin starts can be orphaned. `env` is merged over the
-    supervisor's environment; `cwd` None means the config directory.
-    `probe` False says this run has nothing to check beyond being alive: the
-    core then skips the `probe` hook for it (no worker thread per tick).
+    The core spawns it, never the plugin: its own session and process group,
+    the death signal set (it dies with the supervisor), stdout and stderr
+    drained into the component's log, ``CONTROL_CENTER_CHILD`` set in its
+    environment, and its pid handed to ``probe`` and ``stop``.
+
+    Fields:
+
+    - ``argv`` (sequence of str, required): the program and its arguments;
+      no shell. Stored as a tuple. Use ``sys.executable`` to run Python code
+      with the supervisor's interpreter. Empty or non-str items raise
+      ``TypeError``.
+    - ``cwd`` (str or None, default None): the working directory; None means
+      the directory of config.toml. A relative path is relative to the
+      supervisor's working directory, so pass an absolute one.
+    - ``env`` (mapping of str to str, default empty): variables set over the
+      supervisor's own environment (nothing is removed).
+    - ``probe`` (bool, default True): False says this run has nothing to
+      check beyond being alive; the core then never calls the ``probe``
+      hook for it (health is "healthy" as soon as it runs, no metrics).
     """
 
     argv: tuple[str, ...]
@@ -64,21 +96,38 @@ class Launch:
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(a, str) for a in self.argv):
-            raise TypeError(f"Launch.argv must be a non-empty sequence of str, got {self.argv!r}")
+            raise TypeError(f"Launch.argv: expected a non-empty sequence of str, "
+                            f"got {self.argv!r}")
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
 
 @dataclass(frozen=True)
 class Probe:
-    """What a `probe` hook found.
+    """What a ``probe`` hook found; returning None is the same as ``Probe()``.
 
-    `healthy` False puts `error` in the component's error field (the
-    component keeps running; the restart policy is about exits, not health).
-    `metrics` contributes to the snapshot's `metrics` (keys in
-    PLUGIN_METRICS; others are ignored), except `cpu_percent` and
-    `memory_mb`, which replace the component's own figures (those of the
-    process the core watches) when the work runs elsewhere (a container).
+    Fields:
+
+    - ``healthy`` (bool, default True): False makes the component's
+      ``health`` "unhealthy" and shows ``error``. An unhealthy component
+      keeps running: the restart policy acts on exits, not on health; what
+      health changes is that components that ``depends_on`` it wait before
+      they start.
+    - ``error`` (str or None, default None): why it is unhealthy, shown in
+      the component's ``error`` field (ignored while healthy). None while
+      unhealthy shows "probe reported unhealthy".
+    - ``metrics`` (mapping of str to int or float, default empty): this
+      component's own figures for this tick, shown as its snapshot entry's
+      ``metrics``, in Prometheus (``control_center_component_metric``) and
+      on its dashboard card. Names must match ``[a-z_][a-z0-9_]*`` (at most
+      64 characters, 64 metrics), values be finite numbers (not bool);
+      anything else is left out, the reason written once to the
+      component's log. The names in ``PLUGIN_METRICS`` also fill the
+      snapshot's top-level ``metrics``, summed over components
+      (``avg_latency_ms`` averaged).
+      Two names are not summed: ``cpu_percent`` and ``memory_mb`` replace
+      the component's own figures (those of the process the core watches)
+      when its work runs elsewhere (a container).
     """
 
     healthy: bool = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -22,6 +22,24 @@ ENTRY_POINT_GROUP = "control_center"
 BUILTINS = ("process", "storage", "api")
 
 log = logging.getLogger("control_center")
+
+
+def _dist(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else "an unknown distribution"
+
+
+def _by_name(eps: Iterable[importlib.metadata.EntryPoint]
+             ) -> list[tuple[str, list[importlib.metadata.EntryPoint]]]:
+    """Entry points grouped by name; the same distribution and value counted once.
+
+    One distribution can be listed twice (an editable install next to a
+    stale .egg-info, a path on sys.path twice): that is not a conflict.
+    """
+    groups: dict[str, dict[tuple[str, str], importlib.metadata.EntryPoint]] = {}
+    for ep in eps:
+        groups.setdefault(ep.name, {}).setdefault((_dist(ep).lower(), ep.value), ep)
+    return [(name, list(found.values())) for name, found in groups.items()]
 
 
 class PluginManager:
@@ -38,6 +56,8 @@ class PluginManager:
         #: Installed plugins that failed to load: name -> why. Only a component
         #: that uses one is affected (its config is rejected with the reason).
         self.broken: dict[str, str] = {}
+        #: Entry point name -> "distribution: module" it was loaded from.
+        self.sources: dict[str, str] = {}
         if load_entry_points:
             self._load_entry_points()
         self._pm.check_pending()
@@ -46,17 +66,46 @@ class PluginManager:
     def _load_entry_points(self) -> None:
         # Like pluggy's load_setuptools_entrypoints, but a package that fails
         # to import (or registers badly) is recorded instead of stopping the
-        # supervisor and every component with it.
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if self._pm.get_plugin(ep.name) is not None or self._pm.is_blocked(ep.name):
-                continue  # a built-in or an earlier entry point of that name wins
+        # supervisor and every component with it, and a name that two
+        # distributions claim is refused rather than won by whichever the
+        # import system lists first.
+        for name, eps in _by_name(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)):
+            if name in BUILTINS:
+                for ep in eps:
+                    if ep.value != f"plugins.{name}":
+                        log.warning("entry point %s = %s of %s ignored: %r is a built-in "
+                                    "plugin", name, ep.value, _dist(ep), name)
+                continue
+            if self._pm.get_plugin(name) is not None or self._pm.is_blocked(name):
+                continue  # registered in-process (extra=) first
+            if len(eps) > 1:
+                owners = " and ".join(f"{_dist(ep)} ({ep.value})" for ep in eps)
+                why = (f"the entry point name {name!r} is registered by {len(eps)} "
+                       f"distributions: {owners}; uninstall one of them, or rename one "
+                       "entry point")
+                self.broken[name] = why
+                log.warning("plugin %r not loaded: %s", name, why)
+                continue
+            ep = eps[0]
+            self.sources[name] = f"{_dist(ep)}: {ep.value}"
             try:
-                self._pm.register(ep.load(), name=ep.name)
+                self._pm.register(ep.load(), name=name)
             except Exception as exc:
-                why = (f"entry point {ep.name} = {ep.value} failed to load: "
+                why = (f"entry point {name} = {ep.value} failed to load: "
                        f"{type(exc).__name__}: {exc}")
-                self.broken[ep.name] = why
-                log.warning("plugin %r not loaded: %s", ep.name, why)
+                self.broken[name] = why
+                log.warning("plugin %r not loaded: %s", name, why)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, where it comes from, "ok" or why it is broken), sorted by name."""
+        rows = []
+        for name in sorted(self.names):
+            if name in BUILTINS:
+                source = f"built-in: plugins.{name}"
+            else:
+                source = self.sources.get(name, "registered in-process")
+            rows.append((name, source, self.broken.get(name, "ok")))
+        return rows
 
     @property
     def names(self) -> set[str]:

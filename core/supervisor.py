@@ -13,7 +13,7 @@ PUBLIC API (used by the web layer and the CLI; signatures are stable):
                                         # health, next_restart_in, depends_on
                                         # raises UnknownComponent
     await sup.start(cid) -> dict        # returns view(cid) once the component
-    await sup.stop(cid) -> dict         # has left its previous state; start
+    await sup.stop(cid, wait=False)     # has left its previous state; start
     await sup.restart(cid) -> dict      # of a running one / stop of a stopped
                                         # one are no-ops; UnknownComponent
     await sup.reload() -> dict          # re-read config.path; {"added": [...],
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from core import config as config_mod
+from core import health
 from core.component import Component, call_hook, describe_exc, exit_text
 from core.config import ComponentConfig, Config
 from core.errors import ConfigError, PluginError, ShuttingDown, UnknownComponent
@@ -114,12 +115,17 @@ class Supervisor:
                                    request=comp.requests)
         return self.view(cid)
 
-    async def stop(self, cid: str) -> dict[str, Any]:
+    async def stop(self, cid: str, *, wait: bool = False) -> dict[str, Any]:
+        """Returns once the component has left running (usually: "stopping");
+        with `wait`, once it is stopped or in error, its process gone."""
         comp = self._get(cid)
         self._want(comp, False)
         if comp.state in (S.STARTING, S.RUNNING):
             await self._wait_state(comp, lambda s: s not in (S.STARTING, S.RUNNING),
                                    request=comp.requests)
+        if wait:
+            await self._wait_state(comp, lambda s: s in (S.STOPPED, S.ERROR)
+                                   and comp.child is None, request=comp.requests)
         return self.view(cid)
 
     async def restart(self, cid: str) -> dict[str, Any]:
@@ -309,6 +315,7 @@ class Supervisor:
             done.set()
             return
         comp.probe_busy_since = time.monotonic()
+        was = comp.health
         try:
             async with self._probe_slots:
                 result = await call_hook(self.plugins, comp, "probe",
@@ -324,6 +331,8 @@ class Supervisor:
                     f"probe failed: {describe_exc(exc)}")
         finally:
             comp.probe_busy_since = None
+            if comp.pid == pid:
+                health.note_change(comp, was)
             done.set()
 
     # -- one task per component ------------------------------------------------
@@ -476,6 +485,7 @@ class Supervisor:
             comp.health = "unhealthy"
             comp.probe_error = (comp.probe_error or
                                 f"not healthy {comp.cfg.start_timeout:g} s after start")
+            health.note_change(comp, "starting", start_timed_out=True)
             self._notify()
 
     async def _stop_child(self, comp: Component) -> None:

@@ -8,6 +8,7 @@ so handlers stay about their endpoint alone.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,19 @@ from starlette.websockets import WebSocket
 from core.config import ServerConfig
 from core.hub import Hub
 from core.web import metrics, openapi
-from core.web._hypercorn import admitted
 from core.web.rest import Handlers, error
-from core.web.security import RateLimiter, origin_ok, request_token, token_ok
+from core.web.security import (
+    Auth,
+    RateLimiter,
+    host_ok,
+    host_refusal,
+    origin_ok,
+    request_token,
+)
+from core.web.supervisor_api import SupervisorAPI
 from core.web.ws import Fanout
+
+__all__ = ["SupervisorAPI", "build_app"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -38,6 +48,21 @@ def version() -> str:
         return "0.0.0+unknown"
 
 
+#: Sent with every HTTP response. The page loads only its own scripts and
+#: styles and talks only to its own origin (CSP 3 'self' covers ws: and
+#: wss: to the same host); no other page may frame it (a click in a frame
+#: on another local page could otherwise press its buttons).
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+     b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
 def _needs_token(path: str) -> bool:
     return (path.startswith("/api/") and path != "/api/info") or path == "/metrics"
 
@@ -45,9 +70,10 @@ def _needs_token(path: str) -> bool:
 class Guard:
     """Refuses before any handler runs: cross-origin POSTs, missing token, floods."""
 
-    def __init__(self, app: Any, server: ServerConfig) -> None:
+    def __init__(self, app: Any, server: ServerConfig, auth: Auth) -> None:
         self.app = app
         self.server = server
+        self.auth = auth
         self.control = RateLimiter(server.control_rate)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -56,8 +82,13 @@ class Guard:
             return
         request = Request(scope)
         path, method = scope["path"], scope["method"]
+        client = scope.get("client")
+        address = str(client[0]) if client else "?"
         refusal: Response | None = None
-        if "transfer-encoding" in request.headers and "content-length" in request.headers:
+        denied: tuple[int, str] | None = None
+        if not host_ok(request.headers.get("host"), self.server.allowed_hosts):
+            refusal = error(403, host_refusal(request.headers.get("host")))
+        elif "transfer-encoding" in request.headers and "content-length" in request.headers:
             # RFC 9112 6.3: a proxy in front may frame the body by the other
             # header (request smuggling). Refuse and close the connection;
             # h11 alone would answer and go on reading it.
@@ -67,37 +98,51 @@ class Guard:
                 request.headers.get("origin"), scheme=scope.get("scheme", "http"),
                 host=request.headers.get("host"), allowed=self.server.allowed_origins):
             refusal = error(403, "cross-origin request refused (see [server] allowed_origins)")
-        elif _needs_token(path) and not token_ok(self.server.token,
-                                                 request_token(request.headers)):
-            refusal = error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
-            refusal.headers["WWW-Authenticate"] = "Bearer"
+        elif _needs_token(path) and (denied := self.auth.check(
+                request_token(request.headers), address)) is not None:
+            if denied[0] == 429:
+                refusal = error(429, denied[1])
+                refusal.headers["Retry-After"] = "5"
+            else:
+                refusal = error(401, "missing or wrong token: send "
+                                     "'Authorization: Bearer <token>'")
+                refusal.headers["WWW-Authenticate"] = "Bearer"
         elif method == "POST" and path.startswith("/api/"):
-            client = scope.get("client")
-            if not self.control.allow(client[0] if client else "?"):
+            if not self.control.allow(address):
                 refusal = error(429, f"too many control requests (more than "
                                      f"{self.server.control_rate:g}/s); retry shortly")
                 refusal.headers["Retry-After"] = "1"
+        async def send_secured(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  *SECURITY_HEADERS]}
+            await send(message)
+
         if refusal is not None:
-            await refusal(scope, receive, send)
+            await refusal(scope, receive, send_secured)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_secured)
 
 
 class Root:
-    """Dispatch: `/ws` to the fan-out, the rest to Starlette."""
+    """What reaches hypercorn: HTTP to Starlette; a WebSocket upgrade is refused.
 
-    def __init__(self, http_app: Any, fanout: Fanout) -> None:
+    `/ws` upgrades are taken by the accept loop before hypercorn sees the
+    connection; one arriving here came as a later request of a keep-alive
+    connection, or for another path.
+    """
+
+    def __init__(self, http_app: Any) -> None:
         self.http_app = http_app
-        self.fanout = fanout
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        admitted()  # the request is parsed: let the next connection in
         if scope["type"] == "websocket":
             if scope["path"] == "/ws":
-                await self.fanout(scope, receive, send)
+                refusal = error(400, "a WebSocket upgrade must be the first request of "
+                                     "its connection")
             else:
-                await WebSocket(scope, receive, send).send_denial_response(
-                    error(404, f"no WebSocket endpoint at {scope['path']}; use /ws"))
+                refusal = error(404, f"no WebSocket endpoint at {scope['path']}; use /ws")
+            await WebSocket(scope, receive, send).send_denial_response(refusal)
             return
         await self.http_app(scope, receive, send)
 
@@ -111,8 +156,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}")
 
 
-def build_app(supervisor: Any, hub: Hub, server: ServerConfig, fanout: Fanout) -> Root:
-    handlers = Handlers(supervisor, hub)
+def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
+              fanout: Fanout) -> Root:
+    """The HTTP side of port 9000 (everything but `/ws`), guarded like `/ws`."""
+    handlers = Handlers(supervisor, hub)  # type: ignore[arg-type]  # None: hub-only tests
     registry = metrics.make_registry(hub, lambda: len(fanout.clients))
     spec = openapi.document(version())
     info = {"version": version(), "interval": hub.interval,
@@ -147,4 +194,4 @@ def build_app(supervisor: Any, hub: Hub, server: ServerConfig, fanout: Fanout) -
     ]
     http_app = Starlette(routes=routes, exception_handlers={
         HTTPException: _http_error, Exception: _server_error})
-    return Root(Guard(http_app, server), fanout)
+    return Root(Guard(http_app, server, fanout.auth))

@@ -61,7 +61,12 @@ class _SnapshotCollector(Collector):
         mem = GaugeMetricFamily("control_center_component_memory_bytes",
                                 "The component process' resident memory, bytes.",
                                 labels=["component"])
+        own = GaugeMetricFamily("control_center_component_metric",
+                                "A component's own figure from its probe, by name.",
+                                labels=["component", "name"])
         for cid, c in comps.items():
+            for name, value in (c.get("metrics") or {}).items():
+                own.add_metric([cid, name], float(value))
             for s in ComponentState:
                 state.add_metric([cid, s.value], 1.0 if c.get("state") == s.value else 0.0)
             up.add_metric([cid], 1.0 if c.get("state") == "running" else 0.0)
@@ -70,7 +75,7 @@ class _SnapshotCollector(Collector):
                 cpu.add_metric([cid], float(c["cpu_percent"]))
             if c.get("memory_mb") is not None:
                 mem.add_metric([cid], float(c["memory_mb"]) * 1024 * 1024)
-        yield from (state, up, restarts, cpu, mem)
+        yield from (state, up, restarts, cpu, mem, own)
         metrics = snap.doc.get("metrics") or {}
         for key, (name, text) in _SYSTEM.items():
             value = metrics.get(key)

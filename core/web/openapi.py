@@ -23,7 +23,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["name", "state", "pid", "uptime", "cpu_percent", "memory_mb", "error",
                      "last_updated", "plugin", "restarts", "exit_code", "health",
-                     "next_restart_in", "depends_on"],
+                     "next_restart_in", "depends_on", "metrics"],
         "properties": {
             "name": {"type": "string"},
             "state": _STATE,
@@ -39,6 +39,10 @@ SCHEMAS: dict[str, Any] = {
             "health": {"enum": ["healthy", "unhealthy", "starting", None]},
             "next_restart_in": _NUM_OR_NULL,
             "depends_on": {"type": "array", "items": {"type": "string"}},
+            "metrics": {"type": "object", "description": "The component's own figures "
+                        "from its probe; names match [a-z_][a-z0-9_]*.",
+                        "propertyNames": {"pattern": "^[a-z_][a-z0-9_]*$"},
+                        "additionalProperties": {"type": "number"}},
         },
     },
     "ComponentWithId": {
@@ -126,11 +130,20 @@ _NOT_FOUND = {"404": _json("Error", "No component with this id")}
 _CID = {"name": "cid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+_WAIT = {"name": "wait", "in": "query", "required": False,
+         "description": "true: answer once the component is stopped (or in error), its "
+                        "process gone; by default the answer comes as soon as it has left "
+                        "running, usually in state stopping.",
+         "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}}
+
+
 def _control(action: str) -> dict[str, Any]:
     return {"post": {
         "summary": f"{action.capitalize()} one component",
-        "parameters": [_CID],
+        "parameters": [_CID, _WAIT] if action == "stop" else [_CID],
         "responses": {"200": _json("ControlResult", "The component after the request"),
+                      **({"400": _json("Error", "A bad query value (wait=maybe)")}
+                         if action == "stop" else {}),
                       **_NOT_FOUND, **_ERR,
                       "403": _json("Error", "Cross-origin request refused"),
                       "503": _json("Error", "Refused: the supervisor is shutting down")},

@@ -17,14 +17,17 @@ from starlette.routing import Route
 
 from core.errors import ConfigError, OptionError, ShuttingDown, UnknownComponent
 from core.hub import Hub
+from core.web.head import error_body
+from core.web.supervisor_api import SupervisorAPI
 
 #: `lines=` of the logs endpoint: default and maximum.
 LOG_LINES_DEFAULT = 200
 LOG_LINES_MAX = 5000
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"success": False, "error": message}, status_code=status)
+def error(status: int, message: str) -> Response:
+    """A JSON refusal, the same body as every other refusal on port 9000."""
+    return Response(error_body(message), status_code=status, media_type="application/json")
 
 
 def _int_param(request: Request, name: str, default: int | None, lo: int,
@@ -40,6 +43,17 @@ def _int_param(request: Request, name: str, default: int | None, lo: int,
         expected = f"from {lo} to {hi}" if hi != float("inf") else f">= {lo}"
         raise HTTPException(400, f"{name}: expected an integer {expected}, got {value}")
     return value
+
+
+def _bool_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise HTTPException(400, f"{name}: expected true or false, got {raw!r}")
 
 
 def _float_param(request: Request, name: str) -> float | None:
@@ -58,7 +72,7 @@ def _float_param(request: Request, name: str) -> float | None:
 class Handlers:
     """The REST endpoints of one server, bound to its supervisor and hub."""
 
-    def __init__(self, supervisor: Any, hub: Hub) -> None:
+    def __init__(self, supervisor: SupervisorAPI, hub: Hub) -> None:
         self.sup = supervisor
         self.hub = hub
 
@@ -93,8 +107,9 @@ class Handlers:
         action = request.url.path.rsplit("/", 1)[-1]
         method = {"start": self.sup.start, "stop": self.sup.stop,
                   "restart": self.sup.restart}[action]
+        kwargs = {"wait": True} if action == "stop" and _bool_param(request, "wait") else {}
         try:
-            view = await method(cid)
+            view = await method(cid, **kwargs)
         except UnknownComponent:
             return error(404, f"no component with id {cid!r}")
         except ShuttingDown as exc:

@@ -9,14 +9,20 @@ other clients (curl, the CLI) usually do not, and a missing header passes.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable, Mapping
+from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
 import trio
 
+#: The cookie a page may carry the token in (for a WebSocket, browsers send
+#: cookies but no Authorization header).
+TOKEN_COOKIE = "control_center_token"
+
 
 def request_token(headers: Mapping[str, str], query_string: bytes | str = b"") -> str | None:
-    """The token a request carries: `Authorization: Bearer` or `?token=`."""
+    """The token a request carries: `Authorization: Bearer`, `?token=` or the cookie."""
     auth = headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
@@ -27,6 +33,14 @@ def request_token(headers: Mapping[str, str], query_string: bytes | str = b"") -
         values = parse_qs(qs).get("token")
         if values:
             return values[0]
+    cookie = headers.get("cookie")
+    if cookie:
+        try:
+            morsel = SimpleCookie(cookie).get(TOKEN_COOKIE)
+        except CookieError:
+            morsel = None
+        if morsel is not None and morsel.value:
+            return morsel.value
     return None
 
 
@@ -37,6 +51,46 @@ def token_ok(expected: str | None, given: str | None) -> bool:
     if given is None:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port, brackets or final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    if host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return host.rstrip(".")
+
+
+def host_ok(host: str | None, allowed: Iterable[str]) -> bool:
+    """True when the Host header names this server: an IP address, localhost, or allowed.
+
+    DNS rebinding: a page on a name the attacker controls that resolves to
+    127.0.0.1 is same-origin with itself, so the origin check passes; its
+    requests still carry that name as Host. An IP literal cannot be rebound,
+    so any address passes (a server bound to 0.0.0.0 is reached by its own);
+    names must be listed in `[server] allowed_hosts` ("*" allows any).
+    A request without Host (HTTP/1.0; browsers always send one) passes.
+    """
+    if host is None:
+        return True
+    name = host_name(host)
+    allowed = list(allowed)
+    if name == "localhost" or name in allowed or "*" in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_refusal(host: str | None) -> str:
+    """The reason given when `host_ok` is False."""
+    name = host_name(host or "")
+    return (f"Host {name!r} is not a name of this server; add it to [server] allowed_hosts "
+            "if it is (DNS rebinding protection)")
 
 
 def origin_ok(origin: str | None, *, scheme: str, host: str | None,
@@ -56,6 +110,31 @@ def origin_ok(origin: str | None, *, scheme: str, host: str | None,
         return False
     page_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
     return origin == f"{page_scheme}://{host.lower()}"
+
+
+class Auth:
+    """The token check, with failed attempts limited per client address.
+
+    Guessing a token must not go at the speed of the server: past ten
+    seconds' worth of failures, an address gets 429 for every request that
+    needs the token, whatever it carries, until its bucket refills at
+    `rate` per second.
+    """
+
+    def __init__(self, token: str | None, *, rate: float = 2.0) -> None:
+        self.token = token
+        self.failures = RateLimiter(rate, 10 * rate)
+
+    def check(self, given: str | None, address: str) -> tuple[int, str] | None:
+        """None when `given` passes; else (401 or 429, the reason)."""
+        if self.token is None:
+            return None
+        if self.failures.blocked(address):
+            return 429, "too many failed token attempts from this address; retry later"
+        if token_ok(self.token, given):
+            return None
+        self.failures.allow(address)
+        return 401, "missing or wrong token"
 
 
 class RateLimiter:
@@ -82,6 +161,11 @@ class RateLimiter:
             return False
         self._buckets[key] = (tokens - 1.0, now)
         return True
+
+    def blocked(self, key: str) -> bool:
+        """True when `key`'s bucket is empty now (nothing is taken from it)."""
+        tokens, last = self._buckets.get(key, (self.burst, trio.current_time()))
+        return min(self.burst, tokens + (trio.current_time() - last) * self.rate) < 1.0
 
     def _sweep(self, now: float) -> None:
         self._last_sweep = now

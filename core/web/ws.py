@@ -1,18 +1,19 @@
 """`/ws`: the snapshot stream. One fan-out pass per tick, one task per client.
 
-Every tick, `Fanout.broadcast` walks the clients once and writes the tick's
-frame (the hub's JSON text, framed once; or the text cached for a
-subscription filter) to each socket that takes it without waiting: a plain
-non-blocking write, no per-client task switch. A client that cannot take it
-at once (partial write, data it has not drained yet, TLS, HTTP/2,
-compression) is handed to its own task, which sends it the latest snapshot
+Each client is a trio-websocket connection over a `ClientConn`, the one
+place its bytes reach its socket. Every tick, `Fanout.broadcast` walks the
+clients once and writes the tick's frame (the hub's JSON text, framed once;
+or the text cached for a subscription filter) to each socket that takes it
+without waiting: a plain non-blocking write, no per-client task switch. A
+client that cannot take it at once (partial write, data it has not drained
+yet, TLS) is handed to its own task, which sends it the latest snapshot
 when it can: a slow client skips stale snapshots and delays nobody, and
 holds one reference at most.
 
 A client whose kernel send queue still holds data it has not taken gets
 nothing new; stalled for `STUCK_INTERVALS` intervals, it is closed with
-1008 (delivered after what was queued). A send that blocks that long
-(hypercorn shields its socket writes from cancellation) has its socket cut,
+1008 (delivered after what was queued). A send that blocks that long (every
+send is shielded, so a frame is never cut in half) has its socket cut,
 which ends the send at once.
 """
 
@@ -21,16 +22,31 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import trio
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from core.config import ServerConfig
-from core.hub import Hub, Snapshot, normalise_metrics
-from core.web._hypercorn import Connections, Partial, text_frame
-from core.web.security import RateLimiter, origin_ok, request_token, token_ok
+from core.hub import MAX_CACHED_FILTERS, Hub, normalise_metrics
+from core.web.conn import ClientConn
+from core.web.frames import (
+    GOING_AWAY,
+    INTERNAL,
+    POLICY,
+    TRY_AGAIN_LATER,
+    FrameMeter,
+    close_frame,
+    text_frame,
+)
+from core.web.head import Head
+from core.web.security import (
+    Auth,
+    RateLimiter,
+    host_ok,
+    host_refusal,
+    origin_ok,
+    request_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,33 +54,38 @@ log = logging.getLogger(__name__)
 STUCK_INTERVALS = 3.0
 #: Seconds to wait for the client's answer to our close frame.
 CLOSE_WAIT = 1.0
-#: Close codes (RFC 6455 section 7.4.1).
-NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = (
-    1000, 1001, 1008, 1009, 1011, 1013)
+#: Longest list in a subscription: more names than a snapshot holds is a
+#: client filling the server's memory, not a filter.
+MAX_SUBSCRIPTION_NAMES = 2000
+
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 
 
 class _Client:
     __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "closing",
-                 "components", "metrics", "peer", "raw", "send_started", "seq")
+                 "components", "conn", "metrics", "sending", "seq", "ws")
 
-    def __init__(self, peer: Any, raw: bool) -> None:
-        self.peer = peer
-        #: Snapshots go out as the tick's pre-encoded frame, straight to the socket.
-        self.raw = raw
+    def __init__(self, ws: WebSocketConnection, conn: ClientConn) -> None:
+        self.ws = ws
+        self.conn = conn
         self.components: frozenset[str] | None = None
         self.metrics: frozenset[str] | None = None
         #: The seq of the last snapshot sent to this client.
         self.seq = 0
         #: The client's own task is sending (the fan-out loop leaves it alone).
         self.busy = False
-        #: trio time when the send in flight began; None when idle.
-        self.send_started: float | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         #: Its tasks are done: nothing but the close frame may follow.
         self.closing = False
+        #: The receiver's scope, and the sender's (another task).
         self.cancel = trio.CancelScope()
+        self.sending = trio.CancelScope()
         self._wake = trio.Event()
+
+    @property
+    def peer(self) -> object:
+        return self.conn.peer
 
     def wake(self) -> None:
         self._wake.set()
@@ -77,18 +98,19 @@ class _Client:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self.cancel.cancel()
+        self.sending.cancel()
 
 
 class Fanout:
-    """The ASGI app behind `/ws` and the registry of its clients."""
+    """The `/ws` clients: who may connect, the tick's fan-out, each client's tasks."""
 
-    def __init__(self, hub: Hub, server: ServerConfig, connections: Connections,
+    def __init__(self, hub: Hub, server: ServerConfig, auth: Auth,
                  after_pass: Callable[[], object] | None = None) -> None:
         self.hub = hub
+        self.auth = auth
         #: Called after each tick's fan-out pass (the paced garbage collector).
         self.after_pass = after_pass
         self.server = server
-        self.connections = connections
         self.clients: set[_Client] = set()
         self.closing = False
         self._empty = trio.Event()
@@ -96,8 +118,28 @@ class Fanout:
         # The tick's WebSocket frames, one per distinct text (filters).
         self._frames: dict[str, bytes] = {}
         self._frames_seq = -1
-        # Frames the fan-out loop could write only in part, for the client's task.
-        self._partials: dict[_Client, Partial] = {}
+
+    # -- admission ---------------------------------------------------------------
+
+    def refusal(self, head: Head, address: str) -> tuple[int, str] | None:
+        """Why this (well-formed) handshake may not connect; None when it may."""
+        host = head.headers.get("host")
+        if not host_ok(host, self.server.allowed_hosts):
+            return 403, host_refusal(host)
+        denied = self.auth.check(request_token(head.headers, head.query), address)
+        if denied is not None:
+            return denied
+        if not origin_ok(head.headers.get("origin"), scheme="ws" if not self.server.tls_cert
+                         else "wss", host=head.headers.get("host"),
+                         allowed=self.server.allowed_origins):
+            return 403, "origin not allowed"
+        return None
+
+    def meter(self) -> FrameMeter:
+        """A new client's frame meter: every frame counts against `message_rate`."""
+        limiter = RateLimiter(self.server.message_rate)
+        return FrameMeter(self.server.max_message_bytes, lambda: limiter.allow("frames"),
+                          f"{self.server.message_rate:g}")
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -108,12 +150,12 @@ class Fanout:
             await trio.sleep(self.hub.interval)
             now = trio.current_time()
             for client in list(self.clients):
-                started = client.send_started
+                started = client.conn.send_started
                 if started is not None and now - started > limit:
                     log.info("websocket client %s blocked a send for %.1f s: disconnecting",
                              client.peer, now - started)
                     client.stop(POLICY, "client not reading")
-                    self.connections.abort(client.peer)
+                    client.conn.abort()
 
     async def close_all(self, code: int = GOING_AWAY, *, timeout: float = 2.0) -> None:
         """Send `code` to every client and wait (bounded) until all are gone."""
@@ -123,41 +165,30 @@ class Fanout:
         with trio.move_on_after(timeout):
             await self._empty.wait()
         for client in list(self.clients):  # stuck ones: cut, do not wait
-            self.connections.abort(client.peer)
+            client.conn.abort()
 
     # -- one connection ----------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        ws = WebSocket(scope, receive, send)
-        headers = ws.headers
-        if not token_ok(self.server.token, request_token(headers, scope.get("query_string"))):
-            await ws.send_denial_response(JSONResponse(
-                {"success": False, "error": "missing or wrong token"}, status_code=401))
-            return
-        if not origin_ok(headers.get("origin"), scheme=scope.get("scheme", "ws"),
-                         host=headers.get("host"), allowed=self.server.allowed_origins):
-            await ws.send_denial_response(JSONResponse(
-                {"success": False, "error": "origin not allowed"}, status_code=403))
-            return
-        await ws.accept()
+    async def serve(self, ws: WebSocketConnection, conn: ClientConn,
+                    nursery: trio.Nursery) -> None:
+        """Serve one accepted client until it or the server closes.
+
+        Its sender runs in `nursery`, the connection's own (where
+        trio-websocket's reader runs too): one nursery per client, not three.
+        """
+        client = _Client(ws, conn)
         if self.closing:
-            await _close(send, receive, GOING_AWAY, "server shutting down")
+            client.close_code, client.close_reason = GOING_AWAY, "server shutting down"
+        elif len(self.clients) >= self.server.max_clients:
+            client.close_code, client.close_reason = (
+                TRY_AGAIN_LATER, f"too many clients (max_clients = {self.server.max_clients})")
+        if client.close_code is not None:
+            await self._close(client)
             return
-        if len(self.clients) >= self.server.max_clients:
-            await _close(send, receive, TRY_AGAIN_LATER,
-                         f"too many clients (max_clients = {self.server.max_clients})")
-            return
-        peer = scope.get("client")
-        # HTTP/1.1 without compression: the frame bytes are the same for every
-        # client (server frames are not masked), so they are built once per
-        # tick. HTTP/2 streams and deflate need hypercorn's per-message path.
-        raw = (scope.get("http_version") == "1.1" and not self.server.compression
-               and peer in self.connections)
-        client = _Client(peer, raw)
         self.clients.add(client)
         self._empty = trio.Event()
         try:
-            await self._serve_client(client, receive, send)
+            await self._serve_client(client, nursery)
         finally:
             # Only now: until its close frame is out, the watchdog and
             # close_all must still see it (a blocked send gets its socket cut).
@@ -165,44 +196,46 @@ class Fanout:
             if not self.clients:
                 self._empty.set()
 
-    async def _serve_client(self, client: _Client, receive: Any, send: Any) -> None:
+    async def _serve_client(self, client: _Client, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._sender, client)
         try:
             with client.cancel:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._sender, client, send)
-                    await self._receiver(client, receive, send)
-                    nursery.cancel_scope.cancel()
+                await self._receiver(client)
         except Exception:
             log.exception("websocket client %s: internal error", client.peer)
             client.close_code, client.close_reason = INTERNAL, "internal error"
         finally:
+            client.sending.cancel()
             client.closing = True
-            partial = self._partials.pop(client, None)
-            if partial is not None:
-                # Half a frame is out: nothing else may follow on this socket.
-                self.connections.abort(client.peer)
-                partial.server.send_lock.release()
-                client.close_code = None
+        verdict = client.conn.meter.verdict
+        if verdict is not None and client.close_code is None:
+            client.close_code, client.close_reason = verdict
         if client.close_code is not None:
-            with trio.CancelScope(shield=True):
-                await self._send(client, send, {"type": "websocket.close",
-                                                "code": client.close_code,
-                                                "reason": client.close_reason})
-                await _drain(receive, CLOSE_WAIT)
+            await self._close(client)
 
-    async def _send(self, client: _Client, send: Any, message: dict[str, Any]) -> None:
-        client.send_started = trio.current_time()
-        try:
-            await send(message)
-        finally:
-            client.send_started = None
+    async def _close(self, client: _Client) -> None:
+        """Send the client's close frame, wait (bounded) for its answer."""
+        conn, code, reason = client.conn, client.close_code or GOING_AWAY, client.close_reason
+        with trio.CancelScope(shield=True):
+            if conn.partial or conn.cut:
+                return  # half a frame is out, or the socket is gone: no close frame
+            if conn.meter.verdict is not None:
+                # trio-websocket stopped reading: the frame and the drain are ours.
+                try:
+                    await conn.send_all(close_frame(code, reason))
+                except _GONE:
+                    return
+                await conn.drain_until_close(CLOSE_WAIT)
+            elif client.ws.closed is None:
+                with trio.move_on_after(CLOSE_WAIT):
+                    await client.ws.aclose(code, reason)
 
     async def broadcast(self) -> None:
         """The fan-out: one pass of non-blocking writes per tick.
 
         Most clients take the tick's frame at once; the others (a partial
-        write, a client that has not drained, TLS, HTTP/2, compression) are
-        handed to their own task, so no client ever waits for another.
+        write, a client that has not drained, TLS) are handed to their own
+        task, so no client ever waits for another.
         """
         seq = 0
         while True:
@@ -211,22 +244,20 @@ class Fanout:
             for client in list(self.clients):
                 if client.seq >= seq or client.closing:
                     continue
-                if client.raw and not client.busy:
+                if client.conn.plain and not client.busy:
                     try:
                         text = self.hub.filtered_text(snap, client.components, client.metrics)
                     except Exception:  # one client's trouble must not stop the fan-out
                         log.exception("websocket client %s: internal error", client.peer)
                         client.stop(INTERNAL, "internal error")
                         continue
-                    sent = self.connections.try_send(client.peer, self._frame(seq, text))
-                    if sent is True:
-                        client.seq = seq
-                        continue
+                    sent = client.conn.try_send(self._frame(seq, text))
                     if sent is None:
-                        continue  # gone: hypercorn tells the client's receiver
-                    if sent is not False:  # a Partial: the client's task finishes it
+                        continue  # gone: its reader tells the client's tasks
+                    if sent:
                         client.seq = seq
-                        self._partials[client] = sent
+                        if not client.conn.partial:
+                            continue  # else its own task writes the rest
                 client.wake()
             if self.after_pass is not None:
                 try:
@@ -234,9 +265,17 @@ class Fanout:
                 except Exception:  # must not stop the next tick's fan-out
                     log.exception("after the fan-out pass")
 
-    async def _sender(self, client: _Client, send: Any) -> None:
+    async def _sender(self, client: _Client) -> None:
         """Whatever the fan-out loop could not do at once, for one client."""
-        hub = self.hub
+        try:
+            with client.sending:
+                await self._send_when_woken(client)
+        except Exception:
+            log.exception("websocket client %s: internal error", client.peer)
+            client.stop(INTERNAL, "internal error")
+
+    async def _send_when_woken(self, client: _Client) -> None:
+        hub, conn = self.hub, client.conn
         poll = hub.interval / 4
         limit = STUCK_INTERVALS * hub.interval
         stalled_since: float | None = None
@@ -245,11 +284,10 @@ class Fanout:
             await client.woken()
             client.busy = True
             try:
-                partial = self._partials.pop(client, None)
-                if partial is not None:
-                    await self._timed(client, self.connections.finish(partial))
+                if conn.partial:
+                    await conn.finish()
                 while (snap := hub.latest) is not None and snap.seq > client.seq:
-                    if self.connections.unsent_bytes(client.peer) > 0:
+                    if conn.unsent() > 0:
                         # Not drained since the last send: it gets only the latest,
                         # once it has; stuck for too long, it is closed.
                         now = trio.current_time()
@@ -263,59 +301,39 @@ class Fanout:
                     stalled_since = None
                     text = hub.filtered_text(snap, client.components, client.metrics)
                     client.seq = snap.seq
-                    if client.raw:
-                        await self._timed(client, self.connections.send_raw(
-                            client.peer, self._frame(snap.seq, text)))
-                    else:
-                        await self._send(client, send, {"type": "websocket.send",
-                                                        "text": text})
-            except ConnectionError:
-                return  # hypercorn's reader reports the disconnect to _receiver
+                    await conn.send_all(self._frame(snap.seq, text))
+            except _GONE:
+                return  # its reader reports the disconnect to _receiver
             finally:
                 client.busy = False
-
-    async def _timed(self, client: _Client, sending: Any) -> None:
-        client.send_started = trio.current_time()
-        try:
-            await sending
-        finally:
-            client.send_started = None
 
     def _frame(self, seq: int, text: str) -> bytes:
         if seq != self._frames_seq:
             self._frames, self._frames_seq = {}, seq
         frame = self._frames.get(text)
         if frame is None:
-            frame = self._frames[text] = text_frame(text)
+            frame = text_frame(text)
+            if len(self._frames) < MAX_CACHED_FILTERS:  # as many as the hub caches texts
+                self._frames[text] = frame
         return frame
 
-    async def _receiver(self, client: _Client, receive: Any, send: Any) -> None:
-        limiter = RateLimiter(self.server.message_rate)
+    async def _receiver(self, client: _Client) -> None:
+        ws = client.ws
         while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            size = len(data.encode() if isinstance(data, str) else data)
-            if size > self.server.max_message_bytes:
-                client.stop(TOO_BIG, f"message larger than {self.server.max_message_bytes} bytes")
-                return
-            if not limiter.allow("messages"):
-                client.stop(POLICY, f"more than {self.server.message_rate:g} messages/s")
-                return
+            try:
+                data = await ws.get_message()
+            except ConnectionClosed:
+                return  # closed by the client, by a protocol error, or past a limit
             error = self._handle(client, data)
-            if error is not None:
-                reply = json.dumps({"type": "error", "error": error})
-                await self._send(client, send, {"type": "websocket.send", "text": reply})
-            elif self.hub.latest is not None:
-                await self._send_latest(client, send, self.hub.latest)
-
-    async def _send_latest(self, client: _Client, send: Any, snap: Snapshot) -> None:
-        # A new subscription shows at once, not a tick later.
-        text = self.hub.filtered_text(snap, client.components, client.metrics)
-        await self._send(client, send, {"type": "websocket.send", "text": text})
+            try:
+                if error is not None:
+                    await ws.send_message(json.dumps({"type": "error", "error": error}))
+                elif (snap := self.hub.latest) is not None:
+                    # A new subscription shows at once, not a tick later.
+                    await client.conn.send_all(text_frame(
+                        self.hub.filtered_text(snap, client.components, client.metrics)))
+            except _GONE:
+                return
 
     def _handle(self, client: _Client, data: str | bytes) -> str | None:
         """Apply one client message; the error text for a bad one."""
@@ -334,6 +352,8 @@ class Fanout:
             if value is not None and not (isinstance(value, list)
                                           and all(isinstance(v, str) for v in value)):
                 return f"subscribe: {key!r} must be a list of strings"
+            if value is not None and len(value) > MAX_SUBSCRIPTION_NAMES:
+                return f"subscribe: {key!r} lists more than {MAX_SUBSCRIPTION_NAMES} names"
             parsed[key] = None if value is None else frozenset(value)
         unknown = set(msg) - {"type", "components", "metrics"}
         if unknown:
@@ -342,20 +362,3 @@ class Fanout:
         metrics = parsed["metrics"]
         client.metrics = None if metrics is None else normalise_metrics(metrics)
         return None
-
-
-async def _close(send: Any, receive: Any, code: int, reason: str) -> None:
-    await send({"type": "websocket.close", "code": code, "reason": reason})
-    await _drain(receive, CLOSE_WAIT)
-
-
-async def _drain(receive: Any, timeout: float) -> None:
-    """Read until the client answers our close frame (bounded).
-
-    Returning earlier lets hypercorn close the socket with the client's
-    unread messages in its buffer: the kernel then resets the connection
-    and the client sees 1006 instead of our close code.
-    """
-    with trio.move_on_after(timeout):
-        while (await receive())["type"] != "websocket.disconnect":
-            pass

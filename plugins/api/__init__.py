@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core import ComponentInfo, Launch, OptionError, OptionReader, Probe, hookimpl
-from plugins.storage import fetch_stats, read_host_port
+from plugins.jsonhttp import fetch_stats, read_host_port
 
 
 @hookimpl
@@ -56,7 +56,7 @@ def probe(component: ComponentInfo, pid: int) -> Probe:
     host, port = component.options.get("host", "127.0.0.1"), component.options.get("port", 7702)
     body, failed = fetch_stats(host, port, "API")
     if failed is not None:
-        return failed
+        return Probe(healthy=False, error=failed)
     metrics = {k: float(body[k]) for k in ("queries_per_second", "avg_latency_ms") if k in body}
     if body.get("storage") != "up":
         return Probe(healthy=False, error=body.get("storage_error") or "storage engine down",

@@ -15,101 +15,32 @@ Endpoints (JSON; errors are `{"error": "..."}`):
 
 While the storage engine is down every data request answers 503 with the
 reason; each request tries again, so the API recovers by itself when the
-engine returns. Standard library only (ThreadingHTTPServer, http.client with
+engine returns. Standard library only (ThreadingHTTPServer; plugins.jsonhttp.JSONClient,
 one keep-alive connection per thread to the engine).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
-from plugins.storage.jsonhttp import (
+from plugins.jsonhttp import (
     HTTPError,
+    JSONClient,
     JSONHandler,
     Server,
+    Unreachable,
     collect_routes,
+    json_type,
     route,
     serve_until_stopped,
 )
-
-#: Errors of a keep-alive connection the engine closed (idle timeout, restart).
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-          http.client.CannotSendRequest, http.client.ResponseNotReady)
-
-
-class StorageDown(Exception):
-    """The storage engine cannot be reached."""
-
-
-class StorageClient:
-    """JSON calls to the storage engine over one keep-alive connection per thread."""
-
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"storage URL must be http://host:port, got {url!r}")
-        self.url = url.rstrip("/")
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.timeout = timeout
-        self._local = threading.local()
-
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn, True
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        self._local.conn = conn
-        return conn, False
-
-    def release(self) -> None:
-        """Close the calling thread's connection (its client went away)."""
-        self._drop()
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             *, timeout: float | None = None) -> tuple[int, dict[str, Any]]:
-        """One request; a stale reused connection is retried once on a fresh one."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        for attempt in (1, 2):
-            conn, reused = self._connection()
-            conn.timeout = timeout or self.timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(conn.timeout)
-            try:
-                conn.request(method, path, body=data, headers=headers)
-                resp = conn.getresponse()
-                raw = resp.read()
-                if resp.will_close:
-                    self._drop()
-            except _STALE as exc:
-                self._drop()
-                if reused and attempt == 1:
-                    continue
-                raise StorageDown(f"connection lost: {exc or type(exc).__name__}") from None
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                raise StorageDown(str(exc) or type(exc).__name__) from None
-            try:
-                return resp.status, json.loads(raw)
-            except ValueError:
-                return resp.status, {"error": raw[:200].decode(errors="replace")}
-        raise AssertionError("unreachable")
 
 
 class Window:
@@ -156,7 +87,7 @@ class Window:
 
 class APIHandler(JSONHandler):
     server_version = "SutraAPI/1.0"
-    storage: StorageClient
+    storage: JSONClient
     window: Window
 
     def finish(self) -> None:
@@ -170,7 +101,7 @@ class APIHandler(JSONHandler):
                  ) -> tuple[int, dict[str, Any]]:
         try:
             status, answer = self.storage.call(method, path, body)
-        except StorageDown as exc:
+        except Unreachable as exc:
             raise HTTPError(503, f"storage engine unavailable at {self.storage.url}: {exc}; "
                                  f"the API retries on every request") from None
         if status >= 500:
@@ -220,7 +151,8 @@ class APIHandler(JSONHandler):
             body = self.read_json()
             text = body.get("q", body.get("query"))
             if not isinstance(text, str):
-                raise HTTPError(400, "q must be a string (the search text)")
+                raise HTTPError(400, f"q: expected a string (the search text), "
+                                     f"got {json_type(text)}")
             return self._query(text, str(body.get("limit", 10)))
         return self._timed(run)
 
@@ -243,7 +175,7 @@ class APIHandler(JSONHandler):
     def _storage_state(self) -> tuple[bool, str | None]:
         try:
             status, answer = self.storage.call("GET", "/health", timeout=0.5)
-        except StorageDown as exc:
+        except Unreachable as exc:
             return False, f"storage engine unavailable at {self.storage.url}: {exc}"
         if status != 200:
             return False, f"storage engine unhealthy: {answer.get('error', status)}"
@@ -278,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of the sliding window for qps and latency")
     args = parser.parse_args(argv)
     try:
-        storage = StorageClient(args.storage_url)
+        storage = JSONClient(args.storage_url)
     except ValueError as exc:
         print(f"api: {exc}", file=sys.stderr)
         return 2

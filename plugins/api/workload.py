@@ -12,15 +12,15 @@ API is unreachable it logs once and keeps trying at the same pace.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import random
 import signal
 import sys
 import threading
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
+
+from plugins.jsonhttp import JSONClient, Unreachable
 
 VOCABULARY = """
 river mountain forest ocean desert valley glacier canyon meadow island
@@ -33,40 +33,6 @@ orbit planet comet galaxy nebula photon gravity quasar telescope eclipse
 assert len(set(VOCABULARY)) == len(VOCABULARY)
 
 
-class Client:
-    """Keep-alive JSON client for the API; reconnects after any failure."""
-
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None
-             ) -> tuple[int, dict[str, Any]]:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        data = None if body is None else json.dumps(body).encode()
-        try:
-            self.conn.request(method, path, body=data,
-                              headers={"Content-Type": "application/json"} if data else {})
-            resp = self.conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException):
-            self.conn.close()
-            self.conn = None
-            raise
-        try:
-            return resp.status, json.loads(raw)
-        except ValueError:
-            return resp.status, {"error": raw[:200].decode(errors="replace")}
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
 def sentence(rng: random.Random) -> str:
     return " ".join(rng.sample(VOCABULARY, rng.randint(4, 8)))
 
@@ -74,14 +40,14 @@ def sentence(rng: random.Random) -> str:
 def run(url: str, rate: float, count: int | None, duration: float | None,
         stop: threading.Event, seed: int | None = None) -> dict[str, int]:
     """Send requests until stopped or bounded out; returns counts by outcome."""
-    client = Client(url)
+    client = JSONClient(url)
     try:
         return _run(client, url, rate, count, duration, stop, random.Random(seed))
     finally:
         client.close()
 
 
-def _run(client: Client, url: str, rate: float, count: int | None, duration: float | None,
+def _run(client: JSONClient, url: str, rate: float, count: int | None, duration: float | None,
          stop: threading.Event, rng: random.Random) -> dict[str, int]:
     known: list[str] = []
     counts = {"learned": 0, "queried": 0, "fetched": 0, "failed": 0}
@@ -122,7 +88,7 @@ def _run(client: Client, url: str, rate: float, count: int | None, duration: flo
                 print(f"workload: API back after {time.monotonic() - down_since:.1f} s",
                       flush=True)
                 down_since = None
-        except (OSError, http.client.HTTPException) as exc:
+        except Unreachable as exc:
             counts["failed"] += 1
             if down_since is None:
                 down_since = time.monotonic()

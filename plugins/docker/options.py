@@ -8,12 +8,11 @@ of the component, with the engine's own words in its `error` field.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from core import OptionError, OptionReader
+from core import OptionError, OptionReader, UnknownOptionError
 
 #: Label keys under this prefix are the plugin's own (see engine.LABEL_*).
 RESERVED_LABEL_PREFIX = "control-center."
@@ -122,10 +121,8 @@ def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Validate the docker plugin's keys; the result is what the hooks see."""
     for key in options:
         if key not in KEYS:
-            hint = difflib.get_close_matches(key, KEYS, n=1)
-            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise OptionError(key, f"unknown key (valid keys: {', '.join(sorted(KEYS))})"
-                                   f"{suffix}")
+            # The core tells it against its common keys too (a typo of restart).
+            raise UnknownOptionError(key, frozenset(KEYS))
     opts = OptionReader({k: v for k, v in options.items() if k not in _OWN_KEYS})
     image = opts.string("image")
     if not image.strip():

@@ -13,8 +13,6 @@ stop asks the engine to checkpoint and exit before the core's signals.
 
 from __future__ import annotations
 
-import http.client
-import json
 import sys
 import time
 from collections.abc import Mapping
@@ -22,47 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core import ComponentInfo, Launch, OptionError, OptionReader, Probe, hookimpl
-
-#: Bound of one probe or stop request: a dead engine must not stall the core.
-REQUEST_TIMEOUT = 1.0
-
-
-def request(host: str, port: int, method: str, path: str,
-            timeout: float = REQUEST_TIMEOUT) -> tuple[int, dict[str, Any]]:
-    """One JSON request on a fresh connection; OSError/HTTPException when unreachable."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = {"error": raw[:200].decode(errors="replace")}
-    return resp.status, body if isinstance(body, dict) else {"value": body}
-
-
-def fetch_stats(host: str, port: int, service: str) -> tuple[dict[str, Any], Probe | None]:
-    """GET /stats of a reference service; an unhealthy Probe instead when that fails."""
-    try:
-        status, body = request(host, port, "GET", "/stats")
-    except (OSError, http.client.HTTPException) as exc:
-        return {}, Probe(healthy=False, error=f"{service} unreachable at {host}:{port}: "
-                                              f"{exc or type(exc).__name__}")
-    if status != 200:
-        return {}, Probe(healthy=False, error=f"{service} /stats answered {status}: "
-                                              f"{body.get('error', body)}")
-    return body, None
-
-
-def read_host_port(opts: OptionReader, default_port: int) -> tuple[str, int]:
-    """The `host` and `port` keys shared by the storage and api plugins."""
-    host = opts.string("host", "127.0.0.1")
-    if not host:
-        raise OptionError("host", "expected a host name or address, got an empty string")
-    return host, opts.integer("port", default_port, minimum=1, maximum=65535)
+from plugins.jsonhttp import Unreachable, fetch_stats, read_host_port, request
 
 
 @hookimpl
@@ -105,7 +63,7 @@ def probe(component: ComponentInfo, pid: int) -> Probe:
     host, port = component.options.get("host", "127.0.0.1"), component.options.get("port", 7701)
     body, failed = fetch_stats(host, port, "storage engine")
     if failed is not None:
-        return failed
+        return Probe(healthy=False, error=failed)
     metrics = {k: float(body[k]) for k in ("total_concepts", "total_associations",
                                            "storage_size_mb") if k in body}
     return Probe(healthy=True, metrics=metrics)
@@ -117,12 +75,12 @@ def stop(component: ComponentInfo, pid: int) -> None:
     host, port = component.options.get("host", "127.0.0.1"), component.options.get("port", 7701)
     try:
         request(host, port, "POST", "/shutdown")
-    except (OSError, http.client.HTTPException):
+    except Unreachable:
         return  # not answering: the core's signals take over
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         try:
             request(host, port, "GET", "/health", timeout=0.5)
-        except (OSError, http.client.HTTPException):
+        except Unreachable:
             return  # listener closed: checkpoint done
         time.sleep(0.05)

@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from plugins.storage.jsonhttp import (
+from plugins.jsonhttp import (
     HTTPError,
     JSONHandler,
     Server,
@@ -44,13 +44,13 @@ def _fraction(body: dict[str, Any], key: str) -> float:
     value = body.get(key, 1.0)
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
             or not 0.0 <= value <= 1.0:
-        raise HTTPError(400, f"{key} must be a number from 0 to 1, got {value!r}")
+        raise HTTPError(400, f"{key}: expected a number from 0 to 1, got {value!r}")
     return float(value)
 
 
 def _check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not ID_RE.fullmatch(value):
-        raise HTTPError(400, f"{what} must be 1-64 characters of letters, digits, '_.:-', "
+        raise HTTPError(400, f"{what}: expected 1-64 characters of letters, digits, '_.:-', "
                              f"got {value!r}")
     return value
 
@@ -77,7 +77,7 @@ class EngineHandler(JSONHandler):
             raise HTTPError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
         content = body.get("content")
         if not isinstance(content, str) or not content.strip():
-            raise HTTPError(400, "content must be a non-empty string")
+            raise HTTPError(400, "content: expected a non-empty string")
         if len(content) > MAX_CONTENT:
             raise HTTPError(413, f"content is longer than {MAX_CONTENT} characters")
         concept_id = body.get("id")
@@ -85,15 +85,15 @@ class EngineHandler(JSONHandler):
             _check_id(concept_id, "id")
         related = body.get("related", [])
         if not isinstance(related, list) or len(related) > 100:
-            raise HTTPError(400, "related must be a list of at most 100 concept ids")
+            raise HTTPError(400, "related: expected an array of at most 100 concept ids")
         for i, r in enumerate(related):
             _check_id(r, f"related[{i}]")
         kind = body.get("kind", "related")
         if not isinstance(kind, str) or not 0 < len(kind) <= 64:
-            raise HTTPError(400, "kind must be a string of 1-64 characters")
+            raise HTTPError(400, "kind: expected a string of 1-64 characters")
         link_words = body.get("link_words", True)
         if not isinstance(link_words, bool):
-            raise HTTPError(400, "link_words must be true or false")
+            raise HTTPError(400, "link_words: expected true or false")
         concept, links = self.store.learn(
             content, concept_id=concept_id, strength=_fraction(body, "strength"),
             confidence=_fraction(body, "confidence"), related=related, kind=kind,

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from plugins.storage.jsonhttp import HTTPError
+from plugins.jsonhttp import HTTPError
 
 DB_NAME = "knowledge.db"
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

@@ -75,7 +75,7 @@ BAD = [
     ("[sever]\nport = 9000", "sever", "did you mean 'server'"),
     ('[server]\nport = "9000"', "server.port", "expected an integer"),
     ("[server]\nport = 70000", "server.port", "from 0 to 65535"),
-    ("[server]\ninterval = 0", "server.interval", "expected a number >="),
+    ("[server]\ninterval = 0", "server.interval", "expected a number from 0.05 to 3600"),
     ('[server]\nallowed_origins = "x"', "server.allowed_origins", "array of strings"),
     ('[server]\ntls_cert = "/nonexistent.pem"', "server.tls_key", "go together"),
     ("[components.a]\ncommand = \"true\"", "components.a.plugin", "is required"),
@@ -89,7 +89,8 @@ BAD = [
     (COMP + 'depends_on = ["b"]\n[components.b]\nplugin = "process"\ncommand = "true"\n'
             'depends_on = ["a"]', "depends_on", "dependency cycle"),
     (COMP + 'stop_signal = "SIGTREM"', "components.a.stop_signal", "did you mean 'SIGTERM'"),
-    (COMP + "stop_timeout = -1", "components.a.stop_timeout", "expected a number >="),
+    (COMP + "stop_timeout = -1", "components.a.stop_timeout",
+     "expected a number from 0.1 to 3600, got -1"),
     (COMP + "backoff_initial = 5\nbackoff_max = 1", "components.a.backoff_max",
      "backoff_initial"),
     ('[components.a]\nplugin = "process"', "components.a.command", "is required"),
@@ -105,6 +106,13 @@ BAD = [
     ('[components.a]\nplugin = "process"\ncommand = "unterminated \'quote"',
      "components.a.command", "cannot split"),
     ("components = 3", "components", "expected tables"),
+    ("[server]\nport = 29612.0", "server.port", "expected an integer, got a float (29612.0)"),
+    ('[components.a]\nplugin = "storage"\nport = 29612.0', "components.a.port",
+     "expected an integer, got a float (29612.0)"),
+    (COMP + 'restrat = "always"', "components.a.restrat",
+     "unknown key; did you mean 'restart'? (the process plugin's keys: command, cwd"),
+    ('[server]\ntoken = "a"\ntoken_file = "t"', "server.token_file", "exclude each other"),
+    ('[server]\ntoken_file = "no-such-file"', "server.token_file", "cannot read"),
     ('[components."a b"]\nplugin = "process"\ncommand = "x"', "components.a b", "letters"),
 ]
 

@@ -24,7 +24,7 @@ def test_builtins_registered() -> None:
 
 def test_public_face_exports() -> None:
     assert set(core.__all__) == {"PLUGIN_METRICS", "ComponentInfo", "Launch", "OptionError",
-                                 "OptionReader", "Probe", "hookimpl"}
+                                 "OptionReader", "Probe", "UnknownOptionError", "hookimpl"}
     for name in core.__all__:
         assert hasattr(core, name)
 
@@ -121,3 +121,51 @@ def test_third_party_plugin_from_entry_point_runs(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "STATE running" in run.stdout
     assert "CONCEPTS 42" in run.stdout
+
+
+def _dist_info(site: Path, dist: str, entry_points: str) -> None:
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[control_center]\n{entry_points}\n")
+    (info / "RECORD").write_text("")
+
+
+def test_two_distributions_with_one_name_is_an_error_naming_both(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    for module in ("acme_one", "acme_two"):
+        (site / f"{module}.py").write_text("from core import Probe, hookimpl\n")
+    _dist_info(site, "acme-one", "cache = acme_one")
+    _dist_info(site, "acme-two", "cache = acme_two")
+    # A third party naming its entry point after a built-in is ignored, not a conflict.
+    _dist_info(site, "acme-three", "process = acme_one")
+    config = tmp_path / "config.toml"
+    config.write_text('[components.c]\nplugin = "cache"\n'
+                      '[components.p]\nplugin = "process"\ncommand = "true"\n')
+    env = {"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    check = subprocess.run([sys.executable, "-m", "core", "check", str(config)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2
+    assert ("components.c.plugin: plugin 'cache' is installed but the entry point name "
+            "'cache' is registered by 2 distributions: acme-one (acme_one) and acme-two "
+            "(acme_two); uninstall one of them, or rename one entry point") in check.stderr
+    assert "'process' is a built-in plugin" in check.stderr
+    listing = subprocess.run([sys.executable, "-m", "core", "plugins"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    assert "registered by 2 distributions" in rows["cache"]
+    assert "built-in: plugins.process" in rows["process"] and rows["process"].endswith("ok")
+
+
+def test_the_plugins_command_shows_where_a_name_comes_from(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    _make_plugin_dist(site)
+    env = {"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    listing = subprocess.run([sys.executable, "-m", "core", "plugins"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    line = next(ln for ln in listing.stdout.splitlines() if ln.startswith("hello "))
+    assert line.split() == ["hello", "cc-hello:", "cc_hello", "ok"]

@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +124,8 @@ _ANNOUNCE = re.compile(r"Control Center dashboard: https?://127\.0\.0\.1:(\d+)/"
 
 
 def start_core(tmp_path: Path, components: str = "", *, interval: float = 0.5,
-               timeout: float = 20.0, name: str = "core", **server: object) -> CoreServer:
+               timeout: float = 20.0, name: str = "core",
+               preexec_fn: Callable[[], object] | None = None, **server: object) -> CoreServer:
     """Write a config under `tmp_path` and start `python -m core` on it.
 
     `server` keys go to `[server]` (port 0 unless given). Returns once the
@@ -144,7 +145,7 @@ def start_core(tmp_path: Path, components: str = "", *, interval: float = 0.5,
     with output.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "core", "--config", str(config)],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)
     token = settings.get("token")
     srv = CoreServer(proc, 0, config, output, data_dir, log_dir,
                      token=token if isinstance(token, str) else None)
@@ -261,18 +262,19 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
 
 
 def handshake(port: int, *, key: str | None = KEY, version: str | None = "13",
-              extra: str = "", rcvbuf: int | None = None,
-              path: str = "/ws") -> tuple[socket.socket, str, bytes]:
+              extra: str = "", rcvbuf: int | None = None, path: str = "/ws",
+              host: str | None = None) -> tuple[socket.socket, str, bytes]:
     """Open `path` by hand: (socket, response head, bytes already read past it).
 
-    `extra`: more header lines, each ending in CRLF.
+    `extra`: more header lines, each ending in CRLF; `host`: the Host header
+    (default 127.0.0.1:port).
     """
     sock = socket.socket()
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket",
              "Connection: Upgrade"]
     if key is not None:
         lines.append(f"Sec-WebSocket-Key: {key}")

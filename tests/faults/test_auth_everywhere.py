@@ -55,7 +55,8 @@ def request(srv: CoreServer, method: str, path: str, headers: dict[str, str] | N
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreServer]:
     # autostart = false: control requests then do not start and stop real children.
     with serving(tmp_path_factory.mktemp("auth"), component_table("a", autostart=False),
-                 interval=0.5, token=TOKEN, control_rate=1000.0) as server:
+                 interval=0.5, token=TOKEN, control_rate=1000.0,
+                 auth_failure_rate=1000.0) as server:
         yield server
 
 
@@ -183,13 +184,15 @@ def test_the_token_is_compared_in_constant_time():
     source = inspect.getsource(security.token_ok)
     assert "compare_digest" in source
     assert not _token_comparisons(ast.parse(inspect.getsource(security.token_ok).strip()))
-    # Every check of the web layer goes through token_ok, none compares by hand.
+    # Every check of the web layer goes through Auth.check, which uses
+    # token_ok; none compares by hand.
+    assert "token_ok(" in inspect.getsource(security.Auth.check)
     web = Path(core.web.__file__).parent
     callers: dict[str, Any] = {}
     for path in sorted(web.glob("*.py")):
         tree = ast.parse(path.read_text())
         assert not _token_comparisons(tree), (path.name, _token_comparisons(tree))
-        callers[path.name] = "token_ok(" in path.read_text()
+        callers[path.name] = "auth.check(" in path.read_text()
     assert callers["app.py"] and callers["ws.py"], callers
 
 

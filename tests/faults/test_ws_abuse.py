@@ -256,6 +256,41 @@ def test_ping_flood_that_never_reads_its_pongs_is_cut_off(srv):
     assert_serving(srv)
 
 
+FLOODS = {
+    "unsolicited pongs": frame(0xA, b"pong"),
+    "empty continuation fragments": None,  # after a text frame that never finishes
+    "pings": frame(0x9, b"ping"),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOODS))
+def test_control_frame_floods_close_1008_within_a_second(srv, name):
+    # Every frame counts against message_rate, not only whole messages: a
+    # flood of control frames or empty fragments once took a core to 100 %.
+    before = gauge(srv)
+    sock, head, rest = handshake(srv.port)
+    try:
+        assert head.startswith("HTTP/1.1 101"), head
+        one = FLOODS[name]
+        if one is None:
+            sock.sendall(frame(0x1, b"{", fin=False))
+            one = frame(0x0, b"", fin=False)
+        started = time.monotonic()
+        try:
+            sock.sendall(one * 2000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        frames, how = read_until_closed(sock, rest, timeout=3.0)
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert how == "close" and close_code_of(frames) == 1008, (how, frames[-1:])
+    assert b"frames/s" in frames[-1][1]
+    assert took < 1.0, f"closed only after {took:.2f} s"
+    wait_gauge(srv, before)
+    assert_serving(srv)
+
+
 # -- handshakes -----------------------------------------------------------------------
 
 BAD_HANDSHAKES = {

@@ -31,19 +31,19 @@ def test_api_defaults():
 
 @pytest.mark.parametrize(("plugin", "options", "key", "needle"), [
     (storage_plugin, {"prot": 7701}, "prot", "did you mean 'port'"),
-    (storage_plugin, {"port": 0}, "port", ">= 1"),
-    (storage_plugin, {"port": 70000}, "port", "<= 65535"),
+    (storage_plugin, {"port": 0}, "port", "from 1 to 65535, got 0"),
+    (storage_plugin, {"port": 70000}, "port", "from 1 to 65535, got 70000"),
     (storage_plugin, {"port": "7701"}, "port", "integer"),
     (storage_plugin, {"port": True}, "port", "integer"),
     (storage_plugin, {"host": ""}, "host", "empty"),
     (storage_plugin, {"data_dir": 3}, "data_dir", "string"),
     (storage_plugin, {"sync": "sometimes"}, "sync", "full"),
     (api_plugin, {"storage": "x"}, "storage", "did you mean 'storage_url'"),
-    (api_plugin, {"port": -1}, "port", ">= 1"),
+    (api_plugin, {"port": -1}, "port", "from 1 to 65535"),
     (api_plugin, {"storage_url": "127.0.0.1:7701"}, "storage_url", "http://host:port"),
     (api_plugin, {"storage_url": "http://127.0.0.1"}, "storage_url", "http://host:port"),
     (api_plugin, {"storage_url": "http://127.0.0.1:99999"}, "storage_url", "http://"),
-    (api_plugin, {"window": 0}, "window", ">= 1"),
+    (api_plugin, {"window": 0}, "window", "from 1 to 3600"),
 ])
 def test_option_errors(plugin, options, key, needle):
     with pytest.raises(OptionError) as info:

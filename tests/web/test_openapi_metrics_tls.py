@@ -78,7 +78,7 @@ async def test_schema_catches_a_wrong_document(tmp_path):
     bad = {"name": "x", "state": "backoff", "pid": None, "uptime": None, "cpu_percent": None,
            "memory_mb": None, "error": None, "last_updated": "2025-10-17T05:00:00Z",
            "plugin": "process", "restarts": 0, "exit_code": None, "health": None,
-           "next_restart_in": None, "depends_on": []}
+           "next_restart_in": None, "depends_on": [], "metrics": {}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
     jsonschema.Draft202012Validator(schema).validate({**bad, "state": "running"})
@@ -130,3 +130,14 @@ async def test_tls(tmp_path):
             assert [c["id"] for c in await cc.components()] == ["a"]
             async with cc.snapshots() as stream:
                 assert "a" in (await stream.receive())["components"]
+        # HTTP/2 is not offered: a client that prefers it gets HTTP/1.1.
+        h2_ctx = ssl.create_default_context()
+        ca.configure_trust(h2_ctx)
+        h2_ctx.set_alpn_protocols(["h2", "http/1.1"])
+        stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", srv.port,
+                                                     ssl_context=h2_ctx)
+        try:
+            await stream.do_handshake()
+            assert stream.selected_alpn_protocol() == "http/1.1"
+        finally:
+            await stream.aclose()

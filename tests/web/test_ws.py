@@ -13,6 +13,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from core.config import load
+from core.errors import ConfigError
+
 from .conftest import sleeper, web_server, ws_client
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +26,8 @@ METRICS = {"timestamp", "total_concepts", "total_associations", "storage_size_mb
            "queries_per_second", "avg_latency_ms", "cpu_percent", "memory_percent"}
 SEED_FIELDS = {"name", "state", "pid", "uptime", "cpu_percent", "memory_mb", "error",
                "last_updated"}
-EXTRA_FIELDS = {"plugin", "restarts", "exit_code", "health", "next_restart_in", "depends_on"}
+EXTRA_FIELDS = {"plugin", "restarts", "exit_code", "health", "next_restart_in", "depends_on",
+                "metrics"}
 
 
 async def close_code(ws, timeout: float = 5.0) -> int:
@@ -77,14 +81,22 @@ async def test_rfc6455_handshake_and_first_frame(tmp_path):
     assert frame[0] == 0x81
 
 
-@pytest.mark.parametrize("compression", [False, True])
-async def test_compression_setting_controls_permessage_deflate(tmp_path, compression):
+async def test_permessage_deflate_offer_is_never_taken(tmp_path):
     offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-    server = f"compression = {str(compression).lower()}"
-    async with web_server(tmp_path, sleeper("a"), server=server) as srv:
-        head, _ = await trio.to_thread.run_sync(raw_handshake, srv.port, offer)
+    async with web_server(tmp_path, sleeper("a")) as srv:
+        head, frame = await trio.to_thread.run_sync(raw_handshake, srv.port, offer)
     assert head.startswith("HTTP/1.1 101")
-    assert ("permessage-deflate" in head.lower()) is compression
+    assert "permessage-deflate" not in head.lower()
+    assert frame[0] == 0x81  # RSV1 clear: not compressed
+
+
+def test_compression_key_is_a_config_error_that_says_why(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\ncompression = true\n")
+    with pytest.raises(ConfigError) as refused:
+        load(path)
+    message = str(refused.value)
+    assert "server.compression" in message and "never compressed" in message
 
 
 async def test_snapshot_shape_then_one_per_tick(tmp_path):

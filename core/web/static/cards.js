@@ -4,6 +4,7 @@
 // and a request in flight survive every snapshot.
 
 import {api} from "./api.js";
+import {renderCardMetrics} from "./card-metrics.js";
 import {formatClock, formatMegabytes, formatNumber, formatUptime} from "./format.js";
 
 const CAN = {
@@ -104,6 +105,7 @@ export class ComponentCards {
     setText(f.restarts, c.restarts == null ? "–" : String(c.restarts));
     setText(f.health, c.health || "–");
     f.health.dataset.health = c.health || "";
+    renderCardMetrics(card.root, c.metrics);
 
     setText(card.error, c.error || "");
     card.error.hidden = !c.error;

@@ -1,13 +1,23 @@
-"""A small JSON-over-HTTP base shared by the storage engine and the API server.
+"""JSON over HTTP, shared by the reference services and their plugins.
 
-Standard library only (http.server): the reference components stay
-dependency-free and start in a fraction of a second. HTTP/1.1 keep-alive
-is on, every answer (errors included) is a JSON object, and a handler bug
-becomes a 500 answer, never a dead server.
+- Serving: `JSONHandler`, `route`, `Server`, `serve_until_stopped`, the base
+  of the storage engine and the API server. HTTP/1.1 keep-alive is on, every
+  answer (errors included) is a JSON object, and a handler bug becomes a 500
+  answer, never a dead server.
+- Calling: `JSONClient`, one keep-alive connection per thread, used by the
+  API server (to the engine), the workload (to the API) and the plugins'
+  probes and stops (`fetch_stats`, `request`).
+- Plugin options: `read_host_port`, the `host` and `port` keys of both.
+
+Standard library only (http.server, http.client): the reference services
+stay dependency-free and start in a fraction of a second; this module
+imports nothing from the core at import time. Error texts use the core's
+wording ("expected an integer from 1 to 100, got 0").
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import signal
@@ -16,11 +26,16 @@ import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from core import OptionReader
 
 #: Largest request body accepted (bigger -> 413).
 MAX_BODY = 1024 * 1024
+#: Bound of one probe or stop request: a dead service must not stall the core.
+REQUEST_TIMEOUT = 1.0
 
 Route = tuple[str, "re.Pattern[str]", str]
 
@@ -112,7 +127,7 @@ class JSONHandler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"body is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
-            raise HTTPError(400, "body must be a JSON object")
+            raise HTTPError(400, f"body: expected a JSON object, got {json_type(value)}")
         return value
 
     def param(self, name: str, default: str | None = None) -> str | None:
@@ -126,9 +141,9 @@ class JSONHandler(BaseHTTPRequestHandler):
         try:
             value = int(raw)
         except ValueError:
-            raise HTTPError(400, f"{name} must be an integer, got {raw!r}") from None
+            raise HTTPError(400, f"{name}: expected an integer, got {raw!r}") from None
         if not lo <= value <= hi:
-            raise HTTPError(400, f"{name} must be from {lo} to {hi}, got {value}")
+            raise HTTPError(400, f"{name}: expected an integer from {lo} to {hi}, got {value}")
         return value
 
     def _dispatch(self) -> None:
@@ -212,3 +227,121 @@ def serve_until_stopped(server: Server, stop: threading.Event,
         # signal". Ignored handlers survive interpreter finalization.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# -- calling ------------------------------------------------------------------
+
+#: Errors of a keep-alive connection the server closed (idle timeout, restart).
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+          http.client.CannotSendRequest, http.client.ResponseNotReady)
+
+
+class Unreachable(Exception):
+    """The server could not be reached, or the connection broke mid-request."""
+
+
+def json_type(value: object) -> str:
+    """A JSON value's type as an error names it: "an array", "a string"."""
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "an array", dict: "an object", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+class JSONClient:
+    """JSON calls to one server over one keep-alive connection per thread.
+
+    A reused connection the server has closed meanwhile is retried once on
+    a fresh one; any other failure raises `Unreachable` and drops the
+    connection, so the next call starts afresh.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"expected an http://host:port URL, got {url!r}")
+        self.url = url.rstrip("/")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn, True
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self._local.conn = conn
+        return conn, False
+
+    def close(self) -> None:
+        """Close the calling thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    release = close
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             *, timeout: float | None = None) -> tuple[int, dict[str, Any]]:
+        """(status, JSON object); a non-JSON answer comes back as {"error": text}."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if data is None and method in ("POST", "PUT", "PATCH"):
+            headers["Content-Length"] = "0"
+        for attempt in (1, 2):
+            conn, reused = self._connection()
+            conn.timeout = timeout or self.timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(conn.timeout)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                if resp.will_close:
+                    self.close()
+            except _STALE as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue
+                raise Unreachable(f"connection lost: {exc or type(exc).__name__}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise Unreachable(str(exc) or type(exc).__name__) from None
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                return resp.status, {"error": raw[:200].decode(errors="replace")}
+            return resp.status, value if isinstance(value, dict) else {"value": value}
+        raise AssertionError("unreachable")
+
+
+def request(host: str, port: int, method: str, path: str,
+            timeout: float = REQUEST_TIMEOUT) -> tuple[int, dict[str, Any]]:
+    """One JSON request on a fresh connection, closed after; `Unreachable` on failure."""
+    client = JSONClient(f"http://{host}:{port}", timeout=timeout)
+    try:
+        return client.call(method, path)
+    finally:
+        client.close()
+
+
+def fetch_stats(host: str, port: int, service: str) -> tuple[dict[str, Any], str | None]:
+    """GET /stats of a reference service: (body, None), or ({}, why it failed)."""
+    try:
+        status, body = request(host, port, "GET", "/stats")
+    except Unreachable as exc:
+        return {}, f"{service} unreachable at {host}:{port}: {exc}"
+    if status != 200:
+        return {}, f"{service} /stats answered {status}: {body.get('error', body)}"
+    return body, None
+
+
+def read_host_port(opts: OptionReader, default_port: int) -> tuple[str, int]:
+    """The `host` and `port` keys shared by the storage and api plugins."""
+    from core import OptionError  # only plugins call this: the services never import core
+
+    host = opts.string("host", "127.0.0.1")
+    if not host.strip():
+        raise OptionError("host", "expected a host name or address, got an empty string")
+    return host, opts.integer("port", default_port, minimum=1, maximum=65535)
