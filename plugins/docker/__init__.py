@@ -54,6 +54,9 @@ READY_WAIT = 5.0
 
 #: component id -> its current container's id (the last start of this process).
 _containers: dict[str, str] = {}
+#: Components whose stop hook ran since their last start: their container going
+#: away is the stop itself, not something for the probe to report.
+_stopping: set[str] = set()
 
 
 def _instance(component: ComponentInfo) -> str:
@@ -73,6 +76,7 @@ def validate_config(component_id: str, options: Mapping[str, Any]) -> Mapping[st
 @hookimpl
 def start(component: ComponentInfo) -> Launch:
     stop_timeout = _stop_timeout(component)
+    _stopping.discard(component.id)
     started = engine.create_and_start(
         component_id=component.id, instance=_instance(component), options=component.options,
         config_dir=component.config_dir, stop_timeout=stop_timeout)
@@ -113,13 +117,16 @@ def stop(component: ComponentInfo, pid: int) -> None:
     container running until the next start). The core bounds this hook by
     half the stop_timeout; the follower normally is ready long before.
     """
+    _stopping.add(component.id)
     deadline = time.monotonic() + min(READY_WAIT, _stop_timeout(component) / 2)
     while _catches_stop_signals(pid) is False and time.monotonic() < deadline:
         time.sleep(0.005)
 
 
 @hookimpl
-def probe(component: ComponentInfo, pid: int) -> Probe:
+def probe(component: ComponentInfo, pid: int) -> Probe | None:
+    if component.id in _stopping:
+        return None  # being stopped: the follower reports the end, not the probe
     cid = _containers.get(component.id)
     if cid is None:
         return Probe(healthy=False, error="no container is known for this component")
