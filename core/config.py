@@ -80,6 +80,7 @@ class ComponentConfig:
     backoff_max: float = _C["backoff_max"].default
     stable_after: float = _C["stable_after"].default
     max_failures: int = _C["max_failures"].default
+    exit_codes: tuple[int, ...] = _C["exit_codes"].default
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def same_launch(self, other: ComponentConfig) -> bool:
@@ -228,6 +229,16 @@ def _read(r: _Reader, key: schema.Key, base: Path) -> Any:
         return r.boolean(name, key.default)
     if kind == "strings":
         return r.strings(name, key.default)
+    if kind == "integers":
+        value = r.get(name, list(key.default), list, "an array of integers")
+        for i, item in enumerate(value):
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise r.error(f"{name}[{i}]", f"expected an integer, got {_describe(item)}")
+            if key.low is not None and key.high is not None and not (
+                    key.low <= item <= key.high):
+                raise r.error(f"{name}[{i}]", f"expected an integer from {int(key.low)} to "
+                                              f"{int(key.high)}, got {item}")
+        return tuple(value)
     if kind == "path":
         default = None if key.default is None else Path(key.default)
         return r.path_value(name, default, base)

@@ -44,17 +44,28 @@ class Decision:
     delay: float = 0.0
 
 
+#: The exit statuses that are expected when `exit_codes` is not set.
+EXPECTED = frozenset({0})
+
+
 def after_exit(policy: str, code: int | None, *, quick: bool, failures: int,
-               backoff: Backoff) -> Decision:
+               backoff: Backoff, expected: frozenset[int] = EXPECTED) -> Decision:
     """The decision after an exit.
 
     `policy` is the `restart` key (always | on-failure | never); `code` the
     exit status (negative: killed by that signal; None: the start failed and
     no process ran); `quick` whether it ended before `stable_after`;
-    `failures` the quick failures in a row before this exit.
+    `failures` the quick failures in a row before this exit; `expected` the
+    `exit_codes` key: such an exit is no failure.
     """
-    if policy == "never" or (policy == "on-failure" and code == 0):
-        return Decision(Action.STOP if code == 0 else Action.FAIL, failures)
+    ok = code is not None and code in expected
+    if policy == "never" or (policy == "on-failure" and ok):
+        return Decision(Action.STOP if ok else Action.FAIL, failures)
+    if ok:
+        # Expected, under "always": counts toward nothing; a quick one waits
+        # the first delay so that a program that exits at once is no busy loop.
+        return Decision(Action.RESTART, failures if quick else 0,
+                        backoff.initial if quick else 0.0)
     failures = failures + 1 if quick else 0
     if failures >= backoff.max_failures:
         return Decision(Action.GIVE_UP, failures)

@@ -158,18 +158,21 @@ class Runner:
                 quick = time.monotonic() - began < cfg.stable_after
             # The child is gone (or never came): the policy decides, this carries it out.
             comp.exit_code = code
-            if code != 0 and self.events is not None:
+            expected = frozenset(cfg.exit_codes)
+            if (code is None or code not in expected) and self.events is not None:
                 # Not asked to stop (a stop cancels this task first): a crash.
                 self.events.emit("crashed", cfg.id, reason=comp.error if code is None
                                  else exit_text(code), exit_code=code)
             decision = after_exit(cfg.restart, code, quick=quick, failures=failures,
                                   backoff=Backoff(cfg.backoff_initial, cfg.backoff_factor,
-                                                  cfg.backoff_max, cfg.max_failures))
+                                                  cfg.backoff_max, cfg.max_failures),
+                                  expected=expected)
             failures = decision.failures
             if decision.action is Action.STOP:
                 comp.desired = False
-                # RUNNING -> STOPPED: exited by itself with status 0
-                self.set_state(comp, S.STOPPED, "exited with status 0")
+                # RUNNING -> STOPPED: exited by itself with an expected status
+                self.set_state(comp, S.STOPPED, f"exited with status {code} (expected)"
+                               if code else "exited with status 0")
                 return
             if decision.action is Action.FAIL:
                 comp.desired = False

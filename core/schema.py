@@ -22,6 +22,7 @@ KINDS = {
     "number": "number",
     "path": "path (string)",
     "strings": "array of strings",
+    "integers": "array of integers",
     "signal": 'signal (name such as "SIGTERM", or number)',
     "choice": "string",
 }
@@ -65,7 +66,8 @@ class Key:
         if isinstance(value, str):
             return f'"{value}"'
         if isinstance(value, tuple | list):
-            return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+            return "[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v)
+                                   for v in value) + "]"
         return _num(value)
 
 
@@ -182,6 +184,10 @@ COMPONENT: tuple[Key, ...] = (
     Key("stable_after", "number", 10.0,
         "A run at least this long is stable: the backoff and the failure count reset.",
         0, 86400),
+    Key("exit_codes", "integers", (0,),
+        "Exit statuses that are expected: with restart = \"on-failure\" such an exit "
+        "is not restarted, and none counts toward the backoff or the give-up (a quick "
+        "one under \"always\" waits backoff_initial).", 0, 255),
     Key("max_failures", "integer", 8,
         "Quick failures in a row before giving up (state \"error\") until a start "
         "request.", 1, 1_000_000),

@@ -22,8 +22,10 @@ CASES = [
     ("on-failure", 0, False, 0, Decision(STOP, 0)),
     ("on-failure", 1, True, 0, Decision(R, 1, 0.5)),
     ("on-failure", -15, True, 1, Decision(R, 2, 1.0)),
-    # always: even a clean exit restarts
-    ("always", 0, True, 0, Decision(R, 1, 0.5)),
+    # always: even a clean exit restarts; an expected exit is no failure, a
+    # quick one waits the first delay (no busy loop)
+    ("always", 0, True, 0, Decision(R, 0, 0.5)),
+    ("always", 0, True, 3, Decision(R, 3, 0.5)),
     ("always", 0, False, 5, Decision(R, 0, 0.0)),
     # backoff grows by the factor and stops at the maximum
     ("always", 1, True, 1, Decision(R, 2, 1.0)),
@@ -37,6 +39,24 @@ CASES = [
     ("always", 1, True, 3, Decision(GIVE_UP, 4)),
     ("on-failure", None, True, 3, Decision(GIVE_UP, 4)),
 ]
+
+
+# exit_codes = [0, 2]: status 2 is expected like 0; 0 alone is no longer special
+EXPECTED = frozenset({0, 2})
+EXIT_CODE_CASES = [
+    ("on-failure", 2, True, 1, Decision(STOP, 1)),
+    ("on-failure", 3, True, 1, Decision(R, 2, 1.0)),
+    ("never", 2, True, 0, Decision(STOP, 0)),
+    ("always", 2, True, 3, Decision(R, 3, 0.5)),  # never toward the give-up
+    ("always", 1, True, 3, Decision(GIVE_UP, 4)),
+]
+
+
+@pytest.mark.parametrize(("policy", "code", "quick", "failures", "expected"), EXIT_CODE_CASES)
+def test_after_exit_with_exit_codes(policy: str, code: int, quick: bool, failures: int,
+                                    expected: Decision) -> None:
+    assert after_exit(policy, code, quick=quick, failures=failures, backoff=B,
+                      expected=EXPECTED) == expected
 
 
 @pytest.mark.parametrize(("policy", "code", "quick", "failures", "expected"), CASES)
