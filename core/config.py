@@ -81,6 +81,9 @@ class ComponentConfig:
     stable_after: float = _C["stable_after"].default
     max_failures: int = _C["max_failures"].default
     exit_codes: tuple[int, ...] = _C["exit_codes"].default
+    env_file: tuple[str, ...] = ()
+    #: The variables of env_file, in order (a later file wins), read at load.
+    env_from_files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def same_launch(self, other: ComponentConfig) -> bool:
@@ -298,6 +301,27 @@ def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
     return ServerConfig(**values)
 
 
+def _read_env_files(r: _Reader, base: Path, files: tuple[str, ...]) -> Mapping[str, str]:
+    """The variables of `files` (dotenv syntax, read by python-dotenv); a later one wins."""
+    from dotenv import dotenv_values
+
+    found: dict[str, str] = {}
+    for i, name in enumerate(files):
+        where = f"env_file[{i}]" if len(files) > 1 else "env_file"
+        file = (base / Path(name).expanduser())
+        if not file.is_file():
+            raise r.error(where, f"expected a readable file, {file} does not exist")
+        try:
+            values = dotenv_values(file, interpolate=False)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise r.error(where, f"cannot read {file}: {exc}") from None
+        for key, value in values.items():
+            if not key or "=" in key or "\0" in key or (value is not None and "\0" in value):
+                raise r.error(where, f"{file}: {key!r} is not a variable a process can have")
+            found[key] = "" if value is None else value
+    return MappingProxyType(found)
+
+
 def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
                      validate: Validator | None) -> ComponentConfig:
     if not isinstance(table, dict):
@@ -315,8 +339,12 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         suffix = did_you_mean(plugin, plugins)
         raise r.error("plugin", f"unknown plugin {plugin!r} (installed: "
                                 f"{', '.join(sorted(plugins))}){suffix}")
+    if isinstance(table.get("env_file"), str):
+        table = {**table, "env_file": [table["env_file"]]}
+        r = _Reader(path, f"components.{cid}", table)
     values = {k.name: _read(r, k, path.parent) for k in schema.COMPONENT
               if k.name not in ("plugin", "name")}
+    values["env_from_files"] = _read_env_files(r, path.parent, values["env_file"])
     if values["backoff_max"] < values["backoff_initial"]:
         raise r.error("backoff_max", f"expected a number >= backoff_initial "
                                      f"({values['backoff_initial']}), got "

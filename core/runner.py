@@ -224,7 +224,8 @@ class Runner:
         cwd = launch.cwd or str(self.config.config_dir)
         try:
             child = await ChildProcess.spawn(self.nursery, launch.argv, cwd=cwd,
-                                             env=dict(launch.env), log=comp.log)
+                                             env={**comp.cfg.env_from_files, **launch.env},
+                                             log=comp.log)
         except (TypeError, ValueError) as exc:
             # Popen refuses it before any process exists (a non-string env
             # value, a NUL byte): the plugin's mistake, this component's failure.

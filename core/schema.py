@@ -184,6 +184,11 @@ COMPONENT: tuple[Key, ...] = (
     Key("stable_after", "number", 10.0,
         "A run at least this long is stable: the backoff and the failure count reset.",
         0, 86400),
+    Key("env_file", "strings", (),
+        "Files of environment variables in dotenv syntax (KEY=value, # comments), "
+        "relative to this file (a single string is one file); read at load and at "
+        "each reload. The plugin's own env (the process plugin's env table) wins. A "
+        "missing file is an error."),
     Key("exit_codes", "integers", (0,),
         "Exit statuses that are expected: with restart = \"on-failure\" such an exit "
         "is not restarted, and none counts toward the backoff or the give-up (a quick "

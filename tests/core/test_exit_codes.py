@@ -50,3 +50,40 @@ def test_exit_codes_mistakes_name_the_key(tmp_path, value, words):
     with pytest.raises(ConfigError) as refused:
         load(path)
     assert "components.job.exit_codes" in str(refused.value) and words in str(refused.value)
+
+
+async def test_env_file_values_reach_the_child_and_env_wins(tmp_path):
+    (tmp_path / "app.env").write_text("# the app's settings\nGREETING=hello\nLEVEL=debug\n"
+                                      "QUOTED=\"a b\"\n")
+    (tmp_path / "more.env").write_text("LEVEL=warning\n")
+    out = tmp_path / "env.txt"
+    code = (f"import os; open({str(out)!r}, 'w').write(os.environ['GREETING'] + ' ' + "
+            "os.environ['LEVEL'] + ' ' + os.environ['QUOTED'] + ' ' + os.environ['OWN']); "
+            "import time; time.sleep(60)")
+    path = write(tmp_path, '[components.app]\nplugin = "process"\n'
+                           f"command = {_toml_list([sys.executable, '-c', code])}\n"
+                           'env_file = ["app.env", "more.env"]\nenv = { OWN = "mine" }\n')
+    plugins = PluginManager(load_entry_points=False)
+    sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        with trio.fail_after(10):
+            while not out.exists() or not out.read_text():
+                await trio.sleep(0.05)
+        await sup.shutdown()
+        nursery.cancel_scope.cancel()
+    assert out.read_text() == "hello warning a b mine"
+
+
+def test_a_missing_env_file_is_a_config_error(tmp_path):
+    path = write(tmp_path, '[components.app]\nplugin = "process"\ncommand = ["true"]\n'
+                           'env_file = "nope.env"\n')
+    with pytest.raises(ConfigError) as refused:
+        load(path)
+    assert "components.app.env_file" in str(refused.value) and "nope.env" in str(refused.value)
+
+
+def _toml_list(items: list[str]) -> str:
+    import json
+
+    return json.dumps(items)
