@@ -38,7 +38,7 @@ def test_every_config_field_has_a_definition_and_the_same_default() -> None:
         if isinstance(expected, Path):
             expected = str(expected)
         assert expected == (default if default != () else ()), name
-    comp = {f.name for f in dataclasses.fields(ComponentConfig)} - {"id", "options"}
+    comp = {f.name for f in dataclasses.fields(ComponentConfig)} - {"id", "options", "env_from_files"}
     assert comp == set(schema.COMPONENT_KEYS)
 
 
