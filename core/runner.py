@@ -225,7 +225,7 @@ class Runner:
         try:
             child = await ChildProcess.spawn(self.nursery, launch.argv, cwd=cwd,
                                              env={**comp.cfg.env_from_files, **launch.env},
-                                             log=comp.log)
+                                             log=comp.log, run_as=comp.cfg.run_as)
         except (TypeError, ValueError) as exc:
             # Popen refuses it before any process exists (a non-string env
             # value, a NUL byte): the plugin's mistake, this component's failure.

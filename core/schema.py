@@ -184,6 +184,15 @@ COMPONENT: tuple[Key, ...] = (
     Key("stable_after", "number", 10.0,
         "A run at least this long is stable: the backoff and the failure count reset.",
         0, 86400),
+    Key("user", "string", None,
+        "Run the child as this user (a name or a uid): its groups initialised, HOME, "
+        "USER and LOGNAME set. Only a supervisor running as root can; as another user "
+        "naming anyone else is an error."),
+    Key("group", "string", None,
+        "Run the child with this primary group (a name or a gid); default the user's."),
+    Key("umask", "string", None,
+        "The child's file mode creation mask, in octal (\"022\", \"0027\"); default "
+        "the supervisor's."),
     Key("env_file", "strings", (),
         "Files of environment variables in dotenv syntax (KEY=value, # comments), "
         "relative to this file (a single string is one file); read at load and at "

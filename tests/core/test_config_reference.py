@@ -38,7 +38,8 @@ def test_every_config_field_has_a_definition_and_the_same_default() -> None:
         if isinstance(expected, Path):
             expected = str(expected)
         assert expected == (default if default != () else ()), name
-    derived = {"id", "options", "env_from_files"}  # not keys: the table name, what is read
+    # Not keys: the table name, and what is read from keys.
+    derived = {"id", "options", "env_from_files", "run_as"}
     comp = {f.name for f in dataclasses.fields(ComponentConfig)} - derived
     assert comp == set(schema.COMPONENT_KEYS)
 

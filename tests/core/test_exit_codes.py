@@ -87,3 +87,40 @@ def _toml_list(items: list[str]) -> str:
     import json
 
     return json.dumps(items)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="only root can start a child "
+                    "as another user (this machine's tests run as root, CI's too)")
+async def test_a_child_runs_as_nobody_with_its_umask(tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    script = 'echo "ids $(id -ru) $(id -u) $(id -rg) home=$HOME user=$USER mask=$(umask)"; ' \
+             "sleep 60"
+    path = write(tmp_path, '[components.job]\nplugin = "process"\n'
+                           f"command = {_toml_list(['/bin/sh', '-c', script])}\n"
+                           'cwd = "/"\nuser = "nobody"\numask = "027"\n')
+    plugins = PluginManager(load_entry_points=False)
+    sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        with trio.fail_after(10):
+            while not any("ids" in ln.text for ln in sup.log("job").tail(20)):
+                await trio.sleep(0.05)
+        line = next(ln.text for ln in sup.log("job").tail(20) if "ids" in ln.text)
+        await sup.shutdown()
+        nursery.cancel_scope.cancel()
+    uid, gid = nobody.pw_uid, nobody.pw_gid
+    assert f"ids {uid} {uid} {gid}" in line, line
+    assert f"home={nobody.pw_dir} user=nobody" in line and "mask=0027" in line, line
+
+
+def test_user_and_group_mistakes_name_the_key(tmp_path):
+    for body, where in (('user = "no-such-user-here"', "components.job.user"),
+                        ('group = "no-such-group-here"', "components.job.group"),
+                        ('umask = "999"', "components.job.umask")):
+        path = write(tmp_path, '[components.job]\nplugin = "process"\ncommand = ["true"]\n'
+                               f"{body}\n")
+        with pytest.raises(ConfigError) as refused:
+            load(path)
+        assert where in str(refused.value), refused.value
