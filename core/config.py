@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
 import tomllib
 from collections.abc import Callable, Mapping
@@ -82,6 +83,7 @@ class ComponentConfig:
     stable_after: float = _C["stable_after"].default
     max_failures: int = _C["max_failures"].default
     exit_codes: tuple[int, ...] = _C["exit_codes"].default
+    health_cmd: tuple[str, ...] = ()
     user: str | None = None
     group: str | None = None
     umask: str | None = None
@@ -393,9 +395,18 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
     if isinstance(table.get("env_file"), str):
         table = {**table, "env_file": [table["env_file"]]}
         r = _Reader(path, f"components.{cid}", table)
+    if isinstance(table.get("health_cmd"), str):
+        try:
+            table = {**table, "health_cmd": shlex.split(table["health_cmd"])}
+        except ValueError as exc:
+            raise r.error("health_cmd", f"cannot split the command string: {exc}") from None
+        r = _Reader(path, f"components.{cid}", table)
     values = {k.name: _read(r, k, path.parent) for k in schema.COMPONENT
               if k.name not in ("plugin", "name")}
     values["env_from_files"] = _read_env_files(r, path.parent, values["env_file"])
+    if any("\0" in arg for arg in values["health_cmd"]) or (
+            "health_cmd" in table and not values["health_cmd"]):
+        raise r.error("health_cmd", "expected a non-empty command without NUL bytes")
     values["run_as"] = _run_as(r, values["user"], values["group"], values["umask"])
     if values["backoff_max"] < values["backoff_initial"]:
         raise r.error("backoff_max", f"expected a number >= backoff_initial "

@@ -102,3 +102,30 @@ async def _get(stream: trio.abc.Stream, scheme: str, host: str, port: int, path:
     if 200 <= status < 300:
         return Probe(healthy=True)
     return Probe(healthy=False, error=f"health check {spec} answered {status}")
+
+
+async def check_command(argv: tuple[str, ...], timeout: float, *, cwd: str,
+                        env: dict[str, str]) -> Probe:
+    """health_cmd: exit 0 is healthy; else unhealthy with the last line it printed.
+
+    Run with trio's subprocess support (the event loop waits, no thread),
+    killed past `timeout`.
+    """
+    import os
+    import subprocess
+
+    try:
+        with trio.move_on_after(timeout) as bounded:
+            done = await trio.run_process(list(argv), cwd=cwd, env={**os.environ, **env},
+                                          stdin=subprocess.DEVNULL, capture_stdout=True,
+                                          stderr=subprocess.STDOUT, check=False)
+    except OSError as exc:
+        return Probe(healthy=False, error=f"health_cmd {argv[0]}: {exc.strerror or exc}")
+    if bounded.cancelled_caught:
+        return Probe(healthy=False, error=f"health_cmd did not finish within {timeout:g} s")
+    if done.returncode == 0:
+        return Probe(healthy=True)
+    lines = [ln.strip() for ln in done.stdout.decode(errors="replace").splitlines()
+             if ln.strip()]
+    reason = lines[-1][:200] if lines else f"exited with status {done.returncode}"
+    return Probe(healthy=False, error=f"health_cmd: {reason}")

@@ -233,8 +233,8 @@ class Runner:
                               f"cannot be run: {exc}") from None
         comp.child = child
         comp.health_check = launch.health if launch.probe else None
-        comp.probes = launch.probe and (comp.health_check is not None
-                                        or self.plugins.implements(comp.cfg.plugin, "probe"))
+        comp.probes = bool(comp.cfg.health_cmd) or (launch.probe and (
+            comp.health_check is not None or self.plugins.implements(comp.cfg.plugin, "probe")))
         if self.record is not None:
             self.record.add(comp.cfg.id, child.pid)
         return child
@@ -280,6 +280,15 @@ class Runner:
         comp.probe_busy_since = time.monotonic()
         was = comp.health
         try:
+            if comp.cfg.health_cmd:
+                async with self._check_slots:
+                    result = await health.check_command(
+                        comp.cfg.health_cmd, comp.cfg.probe_timeout,
+                        cwd=str(self.config.config_dir),
+                        env={**comp.cfg.env_from_files})
+                if comp.apply_probe(pid, result):
+                    self.notify()
+                return
             if comp.health_check is not None:
                 async with self._check_slots:
                     result = await self._builtin_check(comp.health_check,

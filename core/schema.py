@@ -184,6 +184,10 @@ COMPONENT: tuple[Key, ...] = (
     Key("stable_after", "number", 10.0,
         "A run at least this long is stable: the backoff and the failure count reset.",
         0, 86400),
+    Key("health_cmd", "strings", (),
+        "A command run at each probe (an array, or one string split like a shell), "
+        "bounded by probe_timeout: exit 0 is healthy, anything else unhealthy with its "
+        "last line of output as the reason. Replaces the plugin's probe."),
     Key("user", "string", None,
         "Run the child as this user (a name or a uid): its groups initialised, HOME, "
         "USER and LOGNAME set. Only a supervisor running as root can; as another user "

@@ -1,4 +1,4 @@
-"""exit_codes: an expected exit is not restarted under on-failure, through a real supervisor."""
+"""Component keys an operator expects from supervisord and PM2, through a real supervisor."""
 
 from __future__ import annotations
 
@@ -124,3 +124,32 @@ def test_user_and_group_mistakes_name_the_key(tmp_path):
         with pytest.raises(ConfigError) as refused:
             load(path)
         assert where in str(refused.value), refused.value
+
+
+async def test_health_cmd_turns_unhealthy_with_its_output_as_the_reason(tmp_path):
+    flag = tmp_path / "ok"
+    flag.write_text("")
+    check = f'test -f {flag} || {{ echo "checking"; echo "no flag file at {flag}"; exit 1; }}'
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    path = write(tmp_path, '[components.web]\nplugin = "process"\n'
+                           f"command = {_toml_list(sleeper)}\n"
+                           f"health_cmd = {_toml_list(['/bin/sh', '-c', check])}\n"
+                           "probe_timeout = 2.0\n")
+    plugins = PluginManager(load_entry_points=False)
+    config = load(path, plugins=plugins.names, validate=plugins.validate)
+    sup = Supervisor(config, plugins)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        with trio.fail_after(10):
+            while sup.view("web")["health"] != "healthy":
+                await sup.tick()
+                await trio.sleep(0.05)
+            flag.unlink()
+            while sup.view("web")["health"] != "unhealthy":
+                await sup.tick()
+                await trio.sleep(0.05)
+        view = sup.view("web")
+        await sup.shutdown()
+        nursery.cancel_scope.cancel()
+    assert view["state"] == "running"  # unhealthy is not restarted
+    assert view["error"] == f"health_cmd: no flag file at {flag}"
