@@ -324,7 +324,7 @@ def main() -> None:
             peers.append(PM2("pm2", folder("pm2"), args.children, command=args.pm2))
         peers.append(Ours("ours", folder("ours"), args.children))
         if args.hanging_notifier:
-            peers.append(OursHangingNotifier("ours, hanging notifier", folder("ours-notify"),
+            peers.append(OursHangingNotifier("ours+stuck-notifier", folder("ours-notify"),
                                              args.children))
         for peer in peers:
             if only and peer.name not in only:

@@ -27,7 +27,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
 from core.events import Event, iso
@@ -170,6 +169,8 @@ class Notifier:
         payload = {"text": text, "event": event.as_dict(), "more": more}
         c = self.config
         if c.kind == "webhook":
+            import httpx  # here: only a config with a webhook pays for it
+
             assert c.url is not None
             async with httpx.AsyncClient(timeout=c.timeout) as http:
                 response = await http.post(c.url, json=payload, headers=dict(c.headers))

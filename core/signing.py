@@ -14,13 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from jwt.algorithms import OKPAlgorithm
-from jwt.api_jws import PyJWS
-from jwt.exceptions import InvalidTokenError
+# cryptography and PyJWT are imported where they are used: a config without
+# a signing key never loads them.
 
-_JWS = PyJWS(algorithms=["EdDSA"])
+
+def _jws() -> Any:
+    from jwt.api_jws import PyJWS
+
+    return PyJWS(algorithms=["EdDSA"])
 
 
 class SignatureError(Exception):
@@ -29,6 +30,9 @@ class SignatureError(Exception):
 
 def keygen(path: Path) -> Path:
     """Write a new Ed25519 private key (PEM, mode 0600) to `path`; refuses to overwrite."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key = ed25519.Ed25519PrivateKey.generate()
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -38,8 +42,11 @@ def keygen(path: Path) -> Path:
     return path
 
 
-def load_signing_key(path: Path) -> ed25519.Ed25519PrivateKey:
+def load_signing_key(path: Path) -> Any:
     """The Ed25519 private key in a PEM file; ValueError says what is wrong."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
@@ -54,31 +61,40 @@ def load_signing_key(path: Path) -> ed25519.Ed25519PrivateKey:
 class Signer:
     """Signs snapshot texts with one Ed25519 key; publishes its JWKS."""
 
-    def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
+    def __init__(self, key: Any) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         self.key = key
         public = key.public_key()
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         #: The key id: the first 16 hex digits of the public key's SHA-256.
         self.kid = hashlib.sha256(raw).hexdigest()[:16]
+        from jwt.algorithms import OKPAlgorithm
+
         jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
         self.jwks: dict[str, Any] = {"keys": [{**jwk, "kid": self.kid, "alg": "EdDSA",
                                                "use": "sig"}]}
 
     def sign(self, text: str) -> str:
         """The compact JWS of `text` (the payload is its UTF-8 bytes, unchanged)."""
-        return _JWS.encode(text.encode(), self.key, algorithm="EdDSA",
-                           headers={"kid": self.kid})
+        return _jws().encode(text.encode(), self.key, algorithm="EdDSA",
+                             headers={"kid": self.kid})
 
 
-def public_key_of(source: Any) -> ed25519.Ed25519PublicKey:
-    """A verification key from a key object, a PEM path or bytes, or a JWKS dict."""
+def public_key_of(source: Any) -> Any:
+    """A verification key (Ed25519) from a key object, a PEM path or bytes, or a JWKS dict."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     if isinstance(source, ed25519.Ed25519PublicKey):
         return source
     if isinstance(source, ed25519.Ed25519PrivateKey):
         return source.public_key()
     if isinstance(source, dict):
+        from jwt.algorithms import OKPAlgorithm
+
         keys = source.get("keys", [source])
-        return OKPAlgorithm.from_jwk(keys[0])  # type: ignore[return-value]
+        return OKPAlgorithm.from_jwk(keys[0])
     data = Path(source).read_bytes() if isinstance(source, str | Path) else source
     try:
         key = serialization.load_pem_public_key(data)
@@ -89,9 +105,11 @@ def public_key_of(source: Any) -> ed25519.Ed25519PublicKey:
     return key
 
 
-def verify(token: str, key: ed25519.Ed25519PublicKey) -> str:
+def verify(token: str, key: Any) -> str:
     """The snapshot text inside a signed snapshot; SignatureError when it does not verify."""
+    from jwt.exceptions import InvalidTokenError
+
     try:
-        return _JWS.decode(token, key, algorithms=["EdDSA"]).decode()
+        return _jws().decode(token, key, algorithms=["EdDSA"]).decode()
     except (InvalidTokenError, UnicodeDecodeError, ValueError) as exc:
         raise SignatureError(f"signed snapshot refused: {exc}") from None
