@@ -98,6 +98,8 @@ class Config:
     server: ServerConfig
     #: In file order, which is also the start order among independent ones.
     components: Mapping[str, ComponentConfig]
+    #: Other Control Centers to follow: core.remotes.RemoteConfig by name.
+    remotes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def config_dir(self) -> Path:
@@ -366,8 +368,8 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
             message = message.replace("(at end of document)", where)
         raise ConfigError(str(path), None, f"invalid TOML: {message}") from None
     for key in data:
-        if key not in ("server", "components"):
-            hint = closest(key, ("server", "components"))
+        if key not in ("server", "components", "remotes"):
+            hint = closest(key, ("server", "components", "remotes"))
             suffix = f"; did you mean {hint!r}?" if hint else ""
             raise ConfigError(str(path), key, f"unknown table or key{suffix}")
     server_table = data.get("server", {})
@@ -380,7 +382,10 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
     components = {cid: _parse_component(path, cid, t, plugins, validate)
                   for cid, t in comp_tables.items()}
     _check_dependencies(path, components)
-    return Config(path=path, server=server, components=MappingProxyType(components))
+    from core.remotes import parse_remotes
+
+    return Config(path=path, server=server, components=MappingProxyType(components),
+                  remotes=parse_remotes(path, data.get("remotes", {})))
 
 
 def _check_dependencies(path: Path, components: Mapping[str, ComponentConfig]) -> None:
