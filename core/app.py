@@ -95,8 +95,10 @@ async def serve(config_path: str | Path) -> int:
     """Run until SIGTERM/SIGINT; the exit status."""
     from core import process
     from core.collector import PacedCollector
+    from core.federation import Federation
     from core.hub import Hub
     from core.leftovers import AlreadyRunning, RunRecord
+    from core.remotes import instance_id
     from core.supervisor import Supervisor
     from core.web import serve as serve_web
 
@@ -117,6 +119,8 @@ async def serve(config_path: str | Path) -> int:
         raise StartupError(f"{config.path}: server.data_dir: cannot use {server.data_dir}: "
                            f"{exc.strerror or exc}") from None
     hub = Hub(interval=server.interval, history_seconds=server.history_seconds)
+    federation = Federation(config.remotes, instance_id(server.data_dir), server.interval)
+    hub.extender = federation  # the remotes' components join each snapshot
     supervisor = Supervisor(config, plugins, hub, record=record)
     stop = trio.Event()
     close_web = trio.Event()
@@ -145,6 +149,7 @@ async def serve(config_path: str | Path) -> int:
             host = server.host if server.host not in ("0.0.0.0", "::") else "127.0.0.1"
             print(f"Control Center dashboard: {scheme}://{host}:{port}/", flush=True)
             await nursery.start(supervisor.run)
+            await nursery.start(federation.run)
             freeze_startup_objects()
             collector.take_over()
             await stop.wait()
