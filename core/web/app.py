@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 from core.config import ServerConfig
 from core.hub import Hub
 from core.web import metrics, openapi
+from core.web.remote_rest import RemoteControl
 from core.web.rest import Handlers, error
 from core.web.security import (
     Auth,
@@ -189,6 +190,7 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
         Route("/api/info", api_info, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        *RemoteControl(hub).routes(),  # NAME/ID: a remote's component, before the local ones
         *handlers.routes(),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
