@@ -24,13 +24,14 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
-    ConnectionTimeout,
-    open_websocket_url,
+    WebSocketConnection,
+    wrap_client_stream,
 )
 
 from core.remotes import RemoteConfig
@@ -71,6 +72,18 @@ class BadDocument(Exception):
     """The remote sent something that is not a snapshot."""
 
 
+class TLSFailed(Exception):
+    """The TLS handshake with the remote failed (its certificate, most often)."""
+
+
+class HandshakeTimeout(Exception):
+    """The remote took the connection but never finished the handshake."""
+
+
+class Silent(Exception):
+    """An open connection brought no document for too long."""
+
+
 def describe(exc: BaseException, remote: RemoteConfig) -> str:
     """What went wrong with `remote`, for hosts[NAME].error (never the token)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -80,8 +93,12 @@ def describe(exc: BaseException, remote: RemoteConfig) -> str:
             return (f"the remote refused our token (HTTP 401): check remotes.{remote.name}."
                     f"{'token_file' if remote.token_file else 'token'}")
         return f"the remote refused the connection: HTTP {exc.status_code}"
-    if isinstance(exc, ConnectionTimeout):
-        return f"no WebSocket handshake within {CONNECT_TIMEOUT:g} s"
+    if isinstance(exc, HandshakeTimeout | Silent):
+        return str(exc)
+    if isinstance(exc, TLSFailed):
+        cause = exc.args[0]
+        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+        return f"TLS with {remote.url} failed: {reason or cause}"
     if isinstance(exc, ConnectionClosed):
         reason = exc.reason
         if reason is None:
@@ -89,12 +106,6 @@ def describe(exc: BaseException, remote: RemoteConfig) -> str:
         return f"the remote closed the connection ({reason.code} {reason.name})"
     if isinstance(exc, BadDocument):
         return f"the remote sent an invalid snapshot: {exc}"
-    if isinstance(exc, trio.TooSlowError):
-        return "the remote stopped sending snapshots"
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, ssl.SSLError) or isinstance(cause, ssl.SSLError):
-        tls = exc if isinstance(exc, ssl.SSLError) else cause
-        return f"TLS with {remote.url} failed: {getattr(tls, 'verify_message', None) or tls}"
     if isinstance(exc, OSError):
         return f"cannot connect to {remote.url}: {exc.strerror or exc}"
     if isinstance(exc, trio.BrokenResourceError):
@@ -202,22 +213,53 @@ class Follower:
             await trio.sleep(delay)
 
     async def _session(self) -> None:
-        headers = [(k.lower().encode(), v.encode()) for k, v in self.remote.headers().items()]
-        async with open_websocket_url(
-                self.remote.ws_url, self.ssl_context, extra_headers=headers,
-                message_queue_size=1, max_message_size=MAX_DOCUMENT_BYTES,
-                connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=1.0) as ws:
-            self.ws_open = True
-            if self.failures:
-                log.info("remote %s: connected", self.name)
-            while True:
-                limit = max(DROP_INTERVALS * self.interval(), SILENCE_MIN)
-                with trio.fail_after(limit):
-                    text = await ws.get_message()
-                self.accept(text, trio.current_time())
-                self.failures = 0
-                # Bounded work whatever the remote sends: a flood waits in its socket.
-                await trio.sleep(self.federation.interval / MAX_PER_INTERVAL)
+        """One connection: connect (bounded), then take documents until it fails."""
+        remote = self.remote
+        parts = urlsplit(remote.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if remote.tls else 80)
+        headers = [(k.lower().encode(), v.encode()) for k, v in remote.headers().items()]
+        stream: trio.abc.Stream | None = None
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.move_on_after(CONNECT_TIMEOUT) as connecting:
+                    stream = await trio.open_tcp_stream(host, port)
+                    if self.ssl_context is not None:
+                        stream = trio.SSLStream(stream, self.ssl_context, server_hostname=host,
+                                                https_compatible=True)
+                        try:
+                            await stream.do_handshake()
+                        except trio.BrokenResourceError as exc:
+                            raise TLSFailed(exc.__cause__ or exc) from None
+                    # A rejection (401, 429...) is raised by its reader, in this nursery.
+                    ws = await wrap_client_stream(
+                        nursery, stream, parts.netloc, "/ws", extra_headers=headers,
+                        message_queue_size=1, max_message_size=MAX_DOCUMENT_BYTES)
+                if connecting.cancelled_caught:
+                    raise HandshakeTimeout(f"no WebSocket handshake within {CONNECT_TIMEOUT:g} s")
+                self.ws_open = True
+                if self.failures:
+                    log.info("remote %s: connected", self.name)
+                await self._receive(ws)
+            finally:
+                self.ws_open = False
+                if stream is not None:
+                    # Shielded: a Cancelled here would replace the error being raised.
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(stream)
+                nursery.cancel_scope.cancel()  # trio-websocket's reader
+
+    async def _receive(self, ws: WebSocketConnection) -> None:
+        while True:
+            limit = max(DROP_INTERVALS * self.interval(), SILENCE_MIN)
+            with trio.move_on_after(limit) as waiting:
+                text = await ws.get_message()
+            if waiting.cancelled_caught:
+                raise Silent(f"no snapshot for {limit:g} s: reconnecting")
+            self.accept(text, trio.current_time())
+            self.failures = 0
+            # Bounded work whatever the remote sends: a flood waits in its socket.
+            await trio.sleep(self.federation.interval / MAX_PER_INTERVAL)
 
     def accept(self, text: str | bytes, now: float) -> None:
         """Take one document from the remote (its latest replaces the last)."""

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,7 @@ import pytest
 import trio
 
 from tests.faults.conftest import (
+    ROOT,
     CoreServer,
     component_table,
     start_core,
@@ -51,6 +58,45 @@ class Fleet:
                          **server)  # type: ignore[arg-type]
         self.started.append(srv)
         return srv
+
+    def start_tls(self, name: str, components: str, ca_file: Path, **server: object
+                  ) -> CoreServer:
+        """`start` for a server with tls_cert and tls_key: its health checked over TLS."""
+        base = self.tmp_path / name
+        base.mkdir(parents=True, exist_ok=True)
+        settings: dict[str, object] = {"host": "127.0.0.1", "port": 0, "interval": INTERVAL,
+                                       "data_dir": str(base / "data"),
+                                       "log_dir": str(base / "logs"), **server}
+        config = base / "config.toml"
+        config.write_text("[server]\n" + "".join(f"{k} = {toml_value(v)}\n"
+                                                 for k, v in settings.items())
+                          + "\n" + components)
+        output = base / "output.txt"
+        with output.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "core", "--config", str(config)],
+                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        token = settings.get("token")
+        srv = CoreServer(proc, 0, config, output, base / "data", base / "logs",
+                         token=token if isinstance(token, str) else None)
+        self.started.append(srv)
+        context = ssl.create_default_context(cafile=str(ca_file))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = re.search(r"dashboard: https://127\.0\.0\.1:(\d+)/", srv.output())
+            if found:
+                srv.port = int(found.group(1))
+                try:
+                    with urllib.request.urlopen(f"https://127.0.0.1:{srv.port}/healthz",
+                                                context=context, timeout=2) as answer:
+                        if answer.status == 200:
+                            return srv
+                except OSError:
+                    pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"the TLS server did not come up:\n{srv.output()}")
 
     def signal(self, srv: CoreServer, signum: int) -> None:
         os.kill(srv.proc.pid, signum)
