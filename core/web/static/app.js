@@ -7,6 +7,7 @@ import {api, ApiError, clearToken, getToken, onUnauthorized, setToken, wsUrl} fr
 import {Connection} from "./connection.js";
 import {createCharts} from "./charts.js";
 import {ComponentCards} from "./cards.js";
+import {renderHosts} from "./hosts.js";
 import {formatClock, formatCount, formatCountdown, formatMegabytes, formatNumber} from
   "./format.js";
 
@@ -73,6 +74,7 @@ function applySnapshot(doc, live) {
     if (bar) bar.style.width = `${Math.max(0, Math.min(100, Number(value) || 0))}%`;
   }
   cards.update(doc.components || {});
+  renderHosts($("hosts"), doc.hosts);
   charts.addSnapshot(doc);
   if (live) {
     app.lastUpdate = Date.now();
