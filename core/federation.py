@@ -322,6 +322,13 @@ class Federation:
         follower = self.followers.get(name)
         return None if follower is None else follower.remote
 
+    def hung(self, name: str) -> str | None:
+        """Why a request to `name` would hang: its connection is open but silent."""
+        follower = self.followers[name]
+        if follower.ws_open and follower.silent(trio.current_time()):
+            return follower.unreachable_message()
+        return None
+
     def ssl_context(self, name: str) -> ssl.SSLContext | None:
         return self.followers[name].ssl_context
 

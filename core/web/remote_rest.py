@@ -60,6 +60,9 @@ class RemoteControl:
         if remote is None or not rest:
             return _refusal(404, f"no component with id {cid!r}")
         assert isinstance(federation, Federation)
+        hung = federation.hung(name)
+        if hung is not None:  # a stopped machine takes the connection and never answers
+            return _refusal(502, hung)
         url = f"{remote.url}/api/components/{quote(rest, safe='')}/{action}"
         params = dict(request.query_params) if request.method == "GET" else None
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import signal
 import time
@@ -44,6 +45,11 @@ async def test_a_stopped_remote_shows_error_then_recovers_by_itself(fleet: Fleet
     assert state(doc, "p") == "running"  # the local tick went on
     # 2 intervals of silence, plus a tick of the parent; the bound is for a busy machine.
     assert took < 2 * INTERVAL + 5, took
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(parent.url + "/api/components/child%2Fa/stop",
+                                   headers=parent.auth())
+    assert answer.status_code == 502  # at once: the request would hang
+    assert answer.json() == {"success": False, "error": error}
 
     fleet.signal(child, signal.SIGCONT)
     doc = await watch(parent, lambda d: state(d, "child/a") == "running")
@@ -146,3 +152,48 @@ async def test_a_remote_that_is_this_control_center_is_refused(fleet: Fleet) -> 
     doc = await watch(me, lambda d: "loop refused" in (d["hosts"]["me"]["error"] or ""))
     assert "is this Control Center" in doc["hosts"]["me"]["error"]
     assert set(doc["components"]) == {"x"}
+
+
+async def test_a_flooding_remote_does_not_move_the_parents_tick(fleet: Fleet) -> None:
+    import json
+
+    import trio
+    from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+    comp = {"name": "x", "state": "running", "pid": 1, "uptime": 1.0, "cpu_percent": 0.0,
+            "memory_mb": 1.0, "error": None, "last_updated": "2026-01-01T00:00:00.000Z"}
+    text = json.dumps({"components": {f"x{i}": comp for i in range(50)},
+                       "metrics": {"cpu_percent": 1.0}, "instance": "flood"})
+    sent = [0]
+
+    async def flood(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        with trio.move_on_after(60):  # bounded in time and count
+            while sent[0] < 200_000:
+                try:
+                    await ws.send_message(text)
+                except ConnectionClosed:
+                    return
+                sent[0] += 1
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, flood, "127.0.0.1", 0, None)
+        parent = follow(fleet, "parent", ("flood", f"http://127.0.0.1:{server.port}"))
+        await watch(parent, lambda d: state(d, "flood/x0") == "running"
+                    and d["hosts"]["flood"]["state"] == "connected")
+        stamps: list[float] = []
+
+        def tick(doc: dict[str, Any]) -> bool:
+            stamps.append(trio.current_time())
+            return len(stamps) >= 12
+
+        doc = await watch(parent, tick)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(stamps[1:])]
+    # One snapshot per interval on the parent; the bound is one no healthy machine misses.
+    assert max(gaps) < 3 * INTERVAL, gaps
+    # The flood waited in its socket: 4 documents taken per interval, the rest never sent
+    # (measured: 66 in 7 s; unthrottled it would be tens of thousands).
+    assert sent[0] < 2000, sent[0]
+    assert state(doc, "p") == "running" and state(doc, "flood/x0") == "running"
+    assert parent.alive()
