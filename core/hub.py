@@ -108,6 +108,9 @@ class Hub:
 
         Called from the trio thread; the caller must not mutate `doc` after.
         """
+        # The history keeps this machine's components only: its memory stays
+        # bounded whatever the number of remotes (each keeps its own history).
+        local = doc
         if self.extender is not None:
             try:
                 doc = self.extender(doc)
@@ -118,7 +121,7 @@ class Hub:
         snap = Snapshot(seq=seq, doc=doc, text=json.dumps(doc), mono=now)
         self.latest = snap
         self._filtered = {}
-        self._history.append((now, json.dumps(_point(doc))))
+        self._history.append((now, json.dumps(_point(local))))
         changed, self._changed = self._changed, trio.Event()
         changed.set()
         return snap

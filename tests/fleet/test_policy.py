@@ -159,3 +159,24 @@ def test_errors_never_show_the_token() -> None:
     message = describe(ConnectionRejected(401, (), b""), REMOTE)
     assert message == ("the remote refused our token (HTTP 401): check remotes.b.token")
     assert "secret-token" not in repr(REMOTE)
+
+
+async def test_the_hub_publishes_the_merge_and_keeps_local_history() -> None:
+    from core.hub import Hub
+
+    hub = Hub(interval=2.0, history_seconds=0)
+    fed = Federation({"b": REMOTE}, "me", 2.0)
+    fed.followers["b"].ws_open = True
+    fed.followers["b"].accept(_doc("b-id", {"x": COMP}), trio.current_time())
+    hub.extender = fed
+    snap = hub.publish({"components": {"p": COMP}, "metrics": {}})
+    assert set(snap.doc["components"]) == {"p", "b/x"}
+    assert json.loads(snap.text)["hosts"]["b"]["state"] == "connected"
+    assert set(hub.history()[-1]["components"]) == {"p"}  # bounded whatever the fleet
+
+    def broken(doc: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("a bug in the merge")
+
+    hub.extender = broken
+    snap = hub.publish({"components": {"p": COMP}, "metrics": {}})
+    assert set(snap.doc["components"]) == {"p"}
