@@ -250,6 +250,49 @@ def measure(ports: list[int], args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: In the page: the main thread's lag, sampled every 100 ms (a busy page answers late).
+LAG_PROBE = """() => new Promise((done) => {
+  const lags = []; let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now(); lags.push(now - last - 100); last = now;
+    if (lags.length >= 200) { clearInterval(timer); done(lags); }
+  }, 100);
+})"""
+
+
+def page(ports: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """The parent's dashboard in Chromium: time to show every card, then its main-thread lag."""
+    from playwright.sync_api import sync_playwright
+
+    parent = spawn(["parent", "--ports", json.dumps(ports), "--interval", str(args.interval),
+                    "--seconds", "120"])
+    try:
+        assert parent.stdout is not None
+        port = json.loads(parent.stdout.readline())["port"]
+        want = len(ports) * args.components
+        time.sleep(3 * args.interval)  # every remote followed
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                         args=["--no-sandbox", "--disable-gpu"])
+            try:
+                tab = browser.new_page()
+                t0 = time.monotonic()
+                tab.goto(f"http://127.0.0.1:{port}/")
+                tab.wait_for_function(f"document.querySelectorAll('.card').length >= {want}",
+                                      timeout=60_000)
+                shown = time.monotonic() - t0
+                lags = tab.evaluate(LAG_PROBE)
+            finally:
+                browser.close()
+    finally:
+        parent.kill()
+        parent.wait()
+    return {"page_cards": want, "page_all_cards_s": round(shown, 2),
+            "page_lag_ms_p50": round(pct(lags, 50), 1),
+            "page_lag_ms_p99": round(pct(lags, 99), 1),
+            "page_lag_ms_max": round(max(lags), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", nargs="?", default="driver",
@@ -262,6 +305,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--ports", default="[]")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument("--page", action="store_true",
+                        help="also open the parent's dashboard in Chromium")
     args = parser.parse_args()
     if args.mode == "remotes":
         trio.run(run_remotes, args.remotes, args.components, args.interval)
@@ -278,6 +323,8 @@ def main() -> None:
         assert remotes.stdout is not None
         ports = json.loads(remotes.stdout.readline())
         rows.append(measure(ports, args))
+        if args.page:
+            rows.append(page(ports, args))
     finally:
         remotes.kill()
         remotes.wait()
