@@ -96,8 +96,10 @@ async def serve(config_path: str | Path) -> int:
     from core import events as event_log
     from core import process
     from core.collector import PacedCollector
+    from core.federation import Federation
     from core.hub import Hub
     from core.leftovers import AlreadyRunning, RunRecord
+    from core.remotes import instance_id
     from core.supervisor import Supervisor
     from core.web import serve as serve_web
 
@@ -123,6 +125,8 @@ async def serve(config_path: str | Path) -> int:
     except OSError as exc:
         raise StartupError(f"{config.path}: server.data_dir: cannot keep the event log in "
                            f"{server.data_dir}: {exc.strerror or exc}") from None
+    federation = Federation(config.remotes, instance_id(server.data_dir), server.interval)
+    hub.extender = federation  # the remotes' components join each snapshot
     supervisor = Supervisor(config, plugins, hub, record=record, events=events)
     stop = trio.Event()
     close_web = trio.Event()
@@ -155,6 +159,7 @@ async def serve(config_path: str | Path) -> int:
             host = server.host if server.host not in ("0.0.0.0", "::") else "127.0.0.1"
             print(f"Control Center dashboard: {scheme}://{host}:{port}/", flush=True)
             await nursery.start(supervisor.run)
+            await nursery.start(federation.run)
             freeze_startup_objects()
             collector.take_over()
             await stop.wait()

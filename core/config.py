@@ -110,6 +110,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     notify: tuple[NotifyConfig, ...] = ()
+    #: Other Control Centers to follow: core.remotes.RemoteConfig by name.
+    remotes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def config_dir(self) -> Path:
@@ -462,12 +464,15 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
     auth = _parse_auth(path, data.get("auth", {}))
     events = _parse_events(path, data.get("events", {}))
     notify = _parse_notify(path, data.get("notify", {}), set(components))
+    from core.remotes import parse_remotes
+
     return Config(path=path, server=server, components=MappingProxyType(components),
-                  auth=auth, events=events, notify=notify)
+                  auth=auth, events=events, notify=notify,
+                  remotes=parse_remotes(path, data.get("remotes", {})))
 
 
 #: The top-level tables of config.toml.
-_TABLES = ("server", "components", "auth", "events", "notify")
+_TABLES = ("server", "components", "auth", "events", "notify", "remotes")
 
 
 def _parse_events(path: Path, table: Any) -> EventsConfig:

@@ -14,13 +14,16 @@ charts (`GET /api/history`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+
+log = logging.getLogger(__name__)
 
 #: The snapshot's metrics, in the order of the contract.
 METRIC_NAMES = (
@@ -105,18 +108,28 @@ class Hub:
         self._history: deque[tuple[float, str]] = deque(maxlen=maxlen)
         # Filtered texts of the latest snapshot, one per distinct filter.
         self._filtered: dict[tuple[Any, Any], str] = {}
+        #: doc -> the document to publish (the remotes' components merged in).
+        self.extender: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def publish(self, doc: dict[str, Any]) -> Snapshot:
         """Make `doc` the latest snapshot and wake every waiting client.
 
         Called from the trio thread; the caller must not mutate `doc` after.
         """
+        # The history keeps this machine's components only: its memory stays
+        # bounded whatever the number of remotes (each keeps its own history).
+        local = doc
+        if self.extender is not None:
+            try:
+                doc = self.extender(doc)
+            except Exception:  # this machine's snapshot goes out whatever the merge did
+                log.exception("merging the remotes into the snapshot")
         seq = 1 if self.latest is None else self.latest.seq + 1
         now = trio.current_time()
         snap = Snapshot(seq=seq, doc=doc, text=json.dumps(doc), mono=now)
         self.latest = snap
         self._filtered = {}
-        self._history.append((now, json.dumps(_point(doc))))
+        self._history.append((now, json.dumps(_point(local))))
         changed, self._changed = self._changed, trio.Event()
         changed.set()
         return snap

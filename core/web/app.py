@@ -27,6 +27,7 @@ from core.events import parse_since
 from core.hub import Hub
 from core.identity import required_role
 from core.web import metrics, openapi
+from core.web.remote_rest import RemoteControl
 from core.web.rest import Handlers, error
 from core.web.security import (
     Auth,
@@ -225,6 +226,7 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
         Route("/api/events", api_events, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        *RemoteControl(hub).routes(),  # NAME/ID: a remote's component, before the local ones
         *handlers.routes(),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]

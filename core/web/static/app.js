@@ -8,6 +8,7 @@ import {Connection} from "./connection.js";
 import {createCharts} from "./charts.js";
 import {EventTimeline} from "./events.js";
 import {ComponentCards} from "./cards.js";
+import {renderHosts} from "./hosts.js";
 import {formatClock, formatCount, formatCountdown, formatMegabytes, formatNumber} from
   "./format.js";
 
@@ -143,6 +144,7 @@ function renderSnapshot(doc, live) {
     if (bar) bar.style.width = `${Math.max(0, Math.min(100, Number(value) || 0))}%`;
   }
   cards.update(doc.components || {});
+  renderHosts($("hosts"), doc.hosts);
   charts.addSnapshot(doc);
   if (live) {
     app.lastUpdate = Date.now();
