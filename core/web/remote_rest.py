@@ -14,7 +14,6 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
@@ -25,8 +24,9 @@ from core.web.head import error_body
 
 log = logging.getLogger(__name__)
 
-#: Seconds for the remote's answer: a stop may wait for its component's stop_timeout.
-CONTROL_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+#: Seconds for the remote's answer (a stop may wait for its component's
+#: stop_timeout), and for the connection.
+CONTROL_TIMEOUT, CONNECT_TIMEOUT = 60.0, 5.0
 #: Headers of the remote's answer passed back as they were.
 _PASSED_BACK = ("content-type", "retry-after")
 
@@ -65,9 +65,13 @@ class RemoteControl:
             return _refusal(502, hung)
         url = f"{remote.url}/api/components/{quote(rest, safe='')}/{action}"
         params = dict(request.query_params) if request.method == "GET" else None
+        import httpx  # here: a Control Center that follows no remote never loads it
+
         try:
             async with httpx.AsyncClient(verify=federation.ssl_context(name) or True,
-                                         timeout=CONTROL_TIMEOUT) as client:
+                                         timeout=httpx.Timeout(CONTROL_TIMEOUT,
+                                                               connect=CONNECT_TIMEOUT)
+                                         ) as client:
                 answer = await client.request(request.method, url, params=params,
                                               headers=remote.headers())
         except httpx.HTTPError as exc:
