@@ -123,6 +123,25 @@ class RunAs:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+#: Descriptors a spawn leaves free for the rest of the supervisor (REST, the
+#: log files, /proc reads), beyond the child's own (pidfd, two pipes, its log
+#: and stat files): past it the spawn fails at once, with the reason.
+SPAWN_RESERVE = 16
+PER_CHILD = 5
+
+
+def descriptors_free() -> int:
+    """How many more descriptors this process may open (a large number if unknown)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0  # not even one for the listing
+    return soft - used
+
+
 def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
           run_as: RunAs | None = None) -> subprocess.Popen[bytes]:
     """Start argv in its own session with the death signal set; raises SpawnError.
@@ -131,6 +150,12 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
     main thread). `run_as`: the user, groups (initialised) and umask of the
     child, set by subprocess in the child before exec.
     """
+    free = descriptors_free()
+    if free < SPAWN_RESERVE + PER_CHILD:
+        # A child takes four (pidfd, two pipes, its stat file) and the rest of
+        # the supervisor must keep some: refuse now rather than starve REST.
+        raise SpawnError(f"cannot run {argv[0]}: only {max(free, 0)} file descriptors left "
+                         "(raise the limit: LimitNOFILE= in the unit, ulimit -n)")
     kwargs: dict[str, object] = {}
     if run_as is not None:
         env = {**env, **run_as.env}

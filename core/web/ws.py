@@ -73,7 +73,7 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 
 class _Client:
     __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "closing",
-                 "components", "conn", "events", "metrics", "sending", "seq", "signed",
+                 "components", "conn", "events", "metrics", "seq", "signed",
                  "ws")
 
     def __init__(self, ws: WebSocketConnection, conn: ClientConn) -> None:
@@ -93,9 +93,8 @@ class _Client:
         self.close_reason = ""
         #: Its tasks are done: nothing but the close frame may follow.
         self.closing = False
-        #: The receiver's scope, and the sender's (another task).
+        #: The receiver's scope (the sender ends with the connection's nursery).
         self.cancel = trio.CancelScope()
-        self.sending = trio.CancelScope()
         self._wake = trio.Event()
 
     @property
@@ -113,7 +112,6 @@ class _Client:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self.cancel.cancel()
-        self.sending.cancel()
 
 
 class Fanout:
@@ -239,7 +237,6 @@ class Fanout:
             log.exception("websocket client %s: internal error", client.peer)
             client.close_code, client.close_reason = INTERNAL, "internal error"
         finally:
-            client.sending.cancel()
             client.closing = True
         verdict = client.conn.meter.verdict
         if verdict is not None and client.close_code is None:
@@ -301,9 +298,11 @@ class Fanout:
 
     async def _sender(self, client: _Client) -> None:
         """Whatever the fan-out loop could not do at once, for one client."""
+        # No cancel scope of its own (one per client is memory at 10,000): it
+        # ends with the connection's nursery, and a close frame once out
+        # refuses any data frame after it (ClientConn).
         try:
-            with client.sending:
-                await self._send_when_woken(client)
+            await self._send_when_woken(client)
         except Exception:
             log.exception("websocket client %s: internal error", client.peer)
             client.stop(INTERNAL, "internal error")
