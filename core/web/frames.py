@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import trio
+
 #: Close codes (RFC 6455 section 7.4.1).
 NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = (
     1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013)
@@ -80,7 +82,7 @@ class FrameMeter:
     __slots__ = ("_allow", "_header", "_message", "_rate_text", "_skip", "close_seen",
                  "max_message", "verdict")
 
-    def __init__(self, max_message: int, allow_frame: Callable[[], bool],
+    def __init__(self, max_message: int, allow_frame: Callable[[], bool] | Bucket,
                  rate_text: str) -> None:
         self.max_message = max_message
         self._allow = allow_frame
@@ -137,7 +139,8 @@ class FrameMeter:
             self.close_seen = True
         if self.verdict is not None:
             return  # only looking for the close frame now
-        if not self._allow():
+        allow = self._allow
+        if not (allow.take(trio.current_time()) if isinstance(allow, Bucket) else allow()):
             self.verdict = (POLICY, f"more than {self._rate_text} frames/s")
             return
         if opcode in (_TEXT, _BINARY, _CONTINUATION):

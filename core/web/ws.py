@@ -134,6 +134,7 @@ class Fanout:
         self.closing = False
         self._empty = trio.Event()
         self._empty.set()
+        self._rate_text = f"{server.message_rate:g}"
         # The tick's WebSocket frames, one per distinct text (filters).
         self._frames: dict[str, bytes] = {}
         self._frames_seq = -1
@@ -158,10 +159,9 @@ class Fanout:
 
     def meter(self) -> FrameMeter:
         """A new client's frame meter: every frame counts against `message_rate`."""
-        bucket = Bucket(self.server.message_rate, trio.current_time())
         return FrameMeter(self.server.max_message_bytes,
-                          lambda: bucket.take(trio.current_time()),
-                          f"{self.server.message_rate:g}")
+                          Bucket(self.server.message_rate, trio.current_time()),
+                          self._rate_text)
 
     # -- lifecycle -------------------------------------------------------------
 
