@@ -36,6 +36,12 @@ def test_the_page_shows_each_host_and_stops_a_remote_component(fleet: Fleet) -> 
             card = page.locator('.card[data-id="child/a"]')
             expect(card).to_have_attribute("data-state", "running", timeout=20_000)
             expect(card.locator(".card-id")).to_contain_text("child/a")
+            # Grouped by host: the remote's components under its name.
+            page.select_option("#group-by", "host")
+            titles = page.locator("#components .group-title")
+            expect(titles.filter(has_text="child")).to_have_count(1)
+            expect(titles.filter(has_text="this machine")).to_have_count(1)
+            page.select_option("#group-by", "")
             card.locator('[data-action="stop"]').click()
             expect(card).to_have_attribute("data-state", "stopped", timeout=20_000)
 

@@ -56,6 +56,7 @@ export class ComponentCards {
   groupKey(card) {
     const by = this.filter.group;
     if (!by) return "";
+    if (by === "host") return card.latest.host || "this machine";
     return String(card.latest[by] || (by === "state" ? "stopped" : "other"));
   }
 
