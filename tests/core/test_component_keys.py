@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,6 +15,21 @@ from core.plugins import PluginManager
 from core.supervisor import Supervisor
 
 pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def supervising(path: Path) -> AsyncIterator[Supervisor]:
+    """A real Supervisor on `path` with the built-in plugins, shut down at the end."""
+    plugins = PluginManager(load_entry_points=False)
+    sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        try:
+            yield sup
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(15):
+                await sup.shutdown()
+            nursery.cancel_scope.cancel()
 
 
 def write(tmp_path, body: str):
@@ -26,17 +44,12 @@ async def test_an_expected_exit_code_is_not_restarted(tmp_path):
     path = write(tmp_path, f'[components.job]\nplugin = "process"\ncommand = '
                            f'["{sys.executable}", "-c", "{code}"]\nrestart = "on-failure"\n'
                            "exit_codes = [0, 2]\n")
-    plugins = PluginManager(load_entry_points=False)
-    sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run)
+    async with supervising(path) as sup:
         with trio.fail_after(10):
             while sup.view("job")["state"] != "stopped" or sup.view("job")["exit_code"] != 2:
                 await trio.sleep(0.05)
         await trio.sleep(0.5)  # and it stays so
         view = sup.view("job")
-        await sup.shutdown()
-        nursery.cancel_scope.cancel()
     assert (view["state"], view["exit_code"], view["restarts"]) == ("stopped", 2, 0)
     assert view["error"] is None
 
@@ -63,15 +76,10 @@ async def test_env_file_values_reach_the_child_and_env_wins(tmp_path):
     path = write(tmp_path, '[components.app]\nplugin = "process"\n'
                            f"command = {_toml_list([sys.executable, '-c', code])}\n"
                            'env_file = ["app.env", "more.env"]\nenv = { OWN = "mine" }\n')
-    plugins = PluginManager(load_entry_points=False)
-    sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run)
+    async with supervising(path):
         with trio.fail_after(10):
             while not out.exists() or not out.read_text():
                 await trio.sleep(0.05)
-        await sup.shutdown()
-        nursery.cancel_scope.cancel()
     assert out.read_text() == "hello warning a b mine"
 
 
@@ -100,16 +108,11 @@ async def test_a_child_runs_as_nobody_with_its_umask(tmp_path):
     path = write(tmp_path, '[components.job]\nplugin = "process"\n'
                            f"command = {_toml_list(['/bin/sh', '-c', script])}\n"
                            'cwd = "/"\nuser = "nobody"\numask = "027"\n')
-    plugins = PluginManager(load_entry_points=False)
-    sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run)
+    async with supervising(path) as sup:
         with trio.fail_after(10):
             while not any("ids" in ln.text for ln in sup.log("job").tail(20)):
                 await trio.sleep(0.05)
         line = next(ln.text for ln in sup.log("job").tail(20) if "ids" in ln.text)
-        await sup.shutdown()
-        nursery.cancel_scope.cancel()
     uid, gid = nobody.pw_uid, nobody.pw_gid
     assert f"ids {uid} {uid} {gid}" in line, line
     assert f"home={nobody.pw_dir} user=nobody" in line and "mask=0027" in line, line
@@ -135,11 +138,7 @@ async def test_health_cmd_turns_unhealthy_with_its_output_as_the_reason(tmp_path
                            f"command = {_toml_list(sleeper)}\n"
                            f"health_cmd = {_toml_list(['/bin/sh', '-c', check])}\n"
                            "probe_timeout = 2.0\n")
-    plugins = PluginManager(load_entry_points=False)
-    config = load(path, plugins=plugins.names, validate=plugins.validate)
-    sup = Supervisor(config, plugins)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run)
+    async with supervising(path) as sup:
         with trio.fail_after(10):
             while sup.view("web")["health"] != "healthy":
                 await sup.tick()
@@ -149,7 +148,5 @@ async def test_health_cmd_turns_unhealthy_with_its_output_as_the_reason(tmp_path
                 await sup.tick()
                 await trio.sleep(0.05)
         view = sup.view("web")
-        await sup.shutdown()
-        nursery.cancel_scope.cancel()
     assert view["state"] == "running"  # unhealthy is not restarted
     assert view["error"] == f"health_cmd: no flag file at {flag}"
