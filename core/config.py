@@ -26,7 +26,6 @@ from core.notify import NOTIFIER_KINDS, NotifyConfig
 from core.options import UnknownOptionError
 from core.options import describe as _describe
 from core.signing import load_signing_key
-from core.spawn import RunAs
 
 RESTART_POLICIES = schema.RESTART_POLICIES
 
@@ -84,14 +83,6 @@ class ComponentConfig:
     max_failures: int = _C["max_failures"].default
     exit_codes: tuple[int, ...] = _C["exit_codes"].default
     health_cmd: tuple[str, ...] = ()
-    user: str | None = None
-    group: str | None = None
-    umask: str | None = None
-    #: Who the child runs as, from user, group and umask; None: as the supervisor.
-    run_as: RunAs | None = None
-    env_file: tuple[str, ...] = ()
-    #: The variables of env_file, in order (a later file wins), read at load.
-    env_from_files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def same_launch(self, other: ComponentConfig) -> bool:
@@ -311,72 +302,6 @@ def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
     return ServerConfig(**values)
 
 
-def _run_as(r: _Reader, user: str | None, group: str | None, umask: str | None
-            ) -> RunAs | None:
-    """The child's identity from user, group and umask; ConfigError naming the key."""
-    import grp
-    import os
-    import pwd
-
-    if user is None and group is None and umask is None:
-        return None
-    mask = -1
-    if umask is not None:
-        if not umask.isdigit() or any(c not in "01234567" for c in umask) or len(umask) > 4:
-            raise r.error("umask", f'expected an octal mask such as "022", got {umask!r}')
-        mask = int(umask, 8)
-    uid = gid = None
-    groups: tuple[int, ...] | None = None
-    env: dict[str, str] = {}
-    if user is not None:
-        try:
-            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        except (KeyError, OverflowError):
-            raise r.error("user", f"no user {user!r} on this machine") from None
-        if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
-            raise r.error("user", f"the supervisor runs as uid {os.geteuid()}, not root: it "
-                                  f"cannot start a child as {entry.pw_name!r} (remove the "
-                                  "key, or run the supervisor as root)")
-        uid, gid = entry.pw_uid, entry.pw_gid
-        if os.geteuid() == 0:
-            groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        env = {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
-    if group is not None:
-        try:
-            gentry = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
-        except (KeyError, OverflowError):
-            raise r.error("group", f"no group {group!r} on this machine") from None
-        if os.geteuid() != 0 and gentry.gr_gid not in os.getgroups() \
-                and gentry.gr_gid != os.getegid():
-            raise r.error("group", f"the supervisor is not root and not in group "
-                                   f"{gentry.gr_name!r}: it cannot start a child with it")
-        gid = gentry.gr_gid
-    if uid is not None and uid == os.geteuid() and os.geteuid() != 0:
-        uid = None  # as itself: nothing to change (and no privilege to ask for)
-    return RunAs(uid=uid, gid=gid, groups=groups, umask=mask, env=MappingProxyType(env))
-
-
-def _read_env_files(r: _Reader, base: Path, files: tuple[str, ...]) -> Mapping[str, str]:
-    """The variables of `files` (dotenv syntax, read by python-dotenv); a later one wins."""
-    from dotenv import dotenv_values
-
-    found: dict[str, str] = {}
-    for i, name in enumerate(files):
-        where = f"env_file[{i}]" if len(files) > 1 else "env_file"
-        file = (base / Path(name).expanduser())
-        if not file.is_file():
-            raise r.error(where, f"expected a readable file, {file} does not exist")
-        try:
-            values = dotenv_values(file, interpolate=False)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise r.error(where, f"cannot read {file}: {exc}") from None
-        for key, value in values.items():
-            if not key or "=" in key or "\0" in key or (value is not None and "\0" in value):
-                raise r.error(where, f"{file}: {key!r} is not a variable a process can have")
-            found[key] = "" if value is None else value
-    return MappingProxyType(found)
-
-
 def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
                      validate: Validator | None) -> ComponentConfig:
     if not isinstance(table, dict):
@@ -394,9 +319,6 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         suffix = did_you_mean(plugin, plugins)
         raise r.error("plugin", f"unknown plugin {plugin!r} (installed: "
                                 f"{', '.join(sorted(plugins))}){suffix}")
-    if isinstance(table.get("env_file"), str):
-        table = {**table, "env_file": [table["env_file"]]}
-        r = _Reader(path, f"components.{cid}", table)
     if isinstance(table.get("health_cmd"), str):
         try:
             table = {**table, "health_cmd": shlex.split(table["health_cmd"])}
@@ -405,11 +327,9 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         r = _Reader(path, f"components.{cid}", table)
     values = {k.name: _read(r, k, path.parent) for k in schema.COMPONENT
               if k.name not in ("plugin", "name")}
-    values["env_from_files"] = _read_env_files(r, path.parent, values["env_file"])
     if any("\0" in arg for arg in values["health_cmd"]) or (
             "health_cmd" in table and not values["health_cmd"]):
         raise r.error("health_cmd", "expected a non-empty command without NUL bytes")
-    values["run_as"] = _run_as(r, values["user"], values["group"], values["umask"])
     if values["backoff_max"] < values["backoff_initial"]:
         raise r.error("backoff_max", f"expected a number >= backoff_initial "
                                      f"({values['backoff_initial']}), got "

@@ -224,8 +224,7 @@ class Runner:
         cwd = launch.cwd or str(self.config.config_dir)
         try:
             child = await ChildProcess.spawn(self.nursery, launch.argv, cwd=cwd,
-                                             env={**comp.cfg.env_from_files, **launch.env},
-                                             log=comp.log, run_as=comp.cfg.run_as)
+                                             env=dict(launch.env), log=comp.log)
         except (TypeError, ValueError) as exc:
             # Popen refuses it before any process exists (a non-string env
             # value, a NUL byte): the plugin's mistake, this component's failure.
@@ -284,8 +283,7 @@ class Runner:
                 async with self._check_slots:
                     result = await health.check_command(
                         comp.cfg.health_cmd, comp.cfg.probe_timeout,
-                        cwd=str(self.config.config_dir),
-                        env={**comp.cfg.env_from_files})
+                        cwd=str(self.config.config_dir), env={})
                 if comp.apply_probe(pid, result):
                     self.notify()
                 return

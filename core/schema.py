@@ -188,20 +188,6 @@ COMPONENT: tuple[Key, ...] = (
         "A command run at each probe (an array, or one string split like a shell), "
         "bounded by probe_timeout: exit 0 is healthy, anything else unhealthy with its "
         "last line of output as the reason. Replaces the plugin's probe."),
-    Key("user", "string", None,
-        "Run the child as this user (a name or a uid): its groups initialised, HOME, "
-        "USER and LOGNAME set. Only a supervisor running as root can; as another user "
-        "naming anyone else is an error."),
-    Key("group", "string", None,
-        "Run the child with this primary group (a name or a gid); default the user's."),
-    Key("umask", "string", None,
-        "The child's file mode creation mask, in octal (\"022\", \"0027\"); default "
-        "the supervisor's."),
-    Key("env_file", "strings", (),
-        "Files of environment variables in dotenv syntax (KEY=value, # comments), "
-        "relative to this file (a single string is one file); read at load and at "
-        "each reload. The plugin's own env (the process plugin's env table) wins. A "
-        "missing file is an error."),
     Key("exit_codes", "integers", (0,),
         "Exit statuses that are expected: with restart = \"on-failure\" such an exit "
         "is not restarted, and none counts toward the backoff or the give-up (a quick "

@@ -26,7 +26,6 @@ import signal
 import stat
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from core.children import libc
 
@@ -111,18 +110,6 @@ def check_command(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) 
         raise spawn_error(problem, argv, None)
 
 
-@dataclass(frozen=True)
-class RunAs:
-    """Who a child runs as: `user`, `group` and `umask` of its component (root only)."""
-
-    uid: int | None = None
-    gid: int | None = None
-    groups: tuple[int, ...] | None = None
-    umask: int = -1
-    #: HOME, USER and LOGNAME of the user, set in the child's environment.
-    env: Mapping[str, str] = field(default_factory=dict)
-
-
 #: Descriptors a spawn leaves free for the rest of the supervisor (REST, the
 #: log files, /proc reads), beyond the child's own (pidfd, two pipes, its log
 #: and stat files): past it the spawn fails at once, with the reason.
@@ -142,13 +129,12 @@ def descriptors_free() -> int:
     return soft - used
 
 
-def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
-          run_as: RunAs | None = None) -> subprocess.Popen[bytes]:
+def popen(argv: list[str], *, cwd: str | None, env: dict[str, str]
+          ) -> subprocess.Popen[bytes]:
     """Start argv in its own session with the death signal set; raises SpawnError.
 
     Must be called from the thread whose exit should kill the child (trio's
-    main thread). `run_as`: the user, groups (initialised) and umask of the
-    child, set by subprocess in the child before exec.
+    main thread).
     """
     free = descriptors_free()
     if free < SPAWN_RESERVE + PER_CHILD:
@@ -157,15 +143,6 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
         raise SpawnError(f"cannot run {argv[0]}: only {max(free, 0)} file descriptors left "
                          "(raise the limit: LimitNOFILE= in the unit, ulimit -n)")
     kwargs: dict[str, object] = {}
-    if run_as is not None:
-        env = {**env, **run_as.env}
-        if run_as.uid is not None:
-            kwargs["user"] = run_as.uid
-        if run_as.gid is not None:
-            kwargs["group"] = run_as.gid
-        if run_as.groups is not None:
-            kwargs["extra_groups"] = list(run_as.groups)
-        kwargs["umask"] = run_as.umask
     if _wrapper_works():
         check_command(argv, cwd, env)
         assert _SETPRIV is not None

@@ -395,7 +395,8 @@ class Supervisor:
     def _info(self, cfg: ComponentConfig) -> ComponentInfo:
         return ComponentInfo(id=cfg.id, name=cfg.name, plugin=cfg.plugin, options=cfg.options,
                              data_dir=self.config.server.data_dir / cfg.id,
-                             config_dir=self.config.config_dir)
+                             config_dir=self.config.config_dir,
+                             stop_timeout=cfg.stop_timeout)
 
     def _new_component(self, cfg: ComponentConfig) -> Component:
         server = self.config.server
