@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 import ssl
+import subprocess
 from urllib.parse import urlsplit
 
 import trio
@@ -111,9 +113,6 @@ async def check_command(argv: tuple[str, ...], timeout: float, *, cwd: str,
     Run with trio's subprocess support (the event loop waits, no thread),
     killed past `timeout`.
     """
-    import os
-    import subprocess
-
     try:
         with trio.move_on_after(timeout) as bounded:
             done = await trio.run_process(list(argv), cwd=cwd, env={**os.environ, **env},

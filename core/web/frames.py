@@ -14,8 +14,6 @@ has arrived.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import trio
 
 #: Close codes (RFC 6455 section 7.4.1).
@@ -73,19 +71,19 @@ class Bucket:
 class FrameMeter:
     """Counts a client's frames as its bytes arrive; `verdict` once it is past a limit.
 
-    `allow_frame()` is asked once per frame (a rate limiter); `max_message`
+    `bucket` takes one token per frame (the rate limit); `max_message`
     bounds the bytes of one data message, fragments included. The verdict is
     (close code, reason); once set, the client's bytes are no longer read as
     messages, only scanned for its close frame (`close_seen`).
     """
 
-    __slots__ = ("_allow", "_header", "_message", "_rate_text", "_skip", "close_seen",
+    __slots__ = ("_bucket", "_header", "_message", "_rate_text", "_skip", "close_seen",
                  "max_message", "verdict")
 
-    def __init__(self, max_message: int, allow_frame: Callable[[], bool] | Bucket,
+    def __init__(self, max_message: int, bucket: Bucket,
                  rate_text: str) -> None:
         self.max_message = max_message
-        self._allow = allow_frame
+        self._bucket = bucket
         self._rate_text = rate_text
         self._header = b""  # a frame header not complete yet
         self._skip = 0  # payload bytes of the current frame still to come
@@ -139,8 +137,7 @@ class FrameMeter:
             self.close_seen = True
         if self.verdict is not None:
             return  # only looking for the close frame now
-        allow = self._allow
-        if not (allow.take(trio.current_time()) if isinstance(allow, Bucket) else allow()):
+        if not self._bucket.take(trio.current_time()):
             self.verdict = (POLICY, f"more than {self._rate_text} frames/s")
             return
         if opcode in (_TEXT, _BINARY, _CONTINUATION):
