@@ -135,8 +135,9 @@ class ChildProcess:
     @classmethod
     async def spawn(cls, nursery: trio.Nursery, argv: Sequence[str], *, cwd: str | None,
                     env: Mapping[str, str] | None, log: LogTail,
-                    on_exit_reaped: Callable[[ChildProcess], None] | None = None
-                    ) -> ChildProcess:
+                    on_exit_reaped: Callable[[ChildProcess], None] | None = None,
+                    user: str | None = None, group: str | None = None,
+                    umask: int | None = None) -> ChildProcess:
         """Start `argv`; must be called from trio's main thread (see core.spawn).
 
         `on_exit_reaped(child)` is called once, as soon as the exit status is
@@ -152,7 +153,8 @@ class ChildProcess:
         inherited = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_SECRETS}
         full_env = {**inherited, **(env or {}), CHILD_ENV: marker}
         with _registry_lock:
-            popen = spawn_mod.popen(argv, cwd=cwd, env=full_env)
+            popen = spawn_mod.popen(argv, cwd=cwd, env=full_env, user=user, group=group,
+                                    umask=umask)
             try:
                 child = cls(popen, log, marker, on_exit_reaped)
             except OSError as exc:  # no descriptor left for its pidfd

@@ -21,6 +21,7 @@ from core.errors import PluginError
 from core.model import Launch, Probe
 from core.policy import Action, Backoff, after_exit
 from core.process import ChildProcess, SpawnError
+from core.runas import launch_env
 from core.states import ComponentState, check_transition
 
 if TYPE_CHECKING:
@@ -223,8 +224,9 @@ class Runner:
         assert self.nursery is not None
         cwd = launch.cwd or str(self.config.config_dir)
         try:
-            child = await ChildProcess.spawn(self.nursery, launch.argv, cwd=cwd,
-                                             env=dict(launch.env), log=comp.log)
+            child = await ChildProcess.spawn(
+                self.nursery, launch.argv, cwd=cwd, env=launch_env(comp.info, launch),
+                log=comp.log, user=launch.user, group=launch.group, umask=launch.umask)
         except (TypeError, ValueError) as exc:
             # Popen refuses it before any process exists (a non-string env
             # value, a NUL byte): the plugin's mistake, this component's failure.

@@ -27,6 +27,7 @@ import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 
+from core import runas
 from core.children import libc
 
 _PR_SET_PDEATHSIG = 1
@@ -129,20 +130,26 @@ def descriptors_free() -> int:
     return soft - used
 
 
-def popen(argv: list[str], *, cwd: str | None, env: dict[str, str]
+def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
+          user: str | None = None, group: str | None = None, umask: int | None = None
           ) -> subprocess.Popen[bytes]:
     """Start argv in its own session with the death signal set; raises SpawnError.
 
+    `user`, `group` and `umask` are the child's (core.runas says how).
     Must be called from the thread whose exit should kill the child (trio's
     main thread).
     """
+    try:
+        run_as = runas.resolve(user, group)
+    except runas.RunAsError as exc:
+        raise SpawnError(f"cannot run {argv[0]}: {exc}") from None
     free = descriptors_free()
     if free < SPAWN_RESERVE + PER_CHILD:
         # A child takes four (pidfd, two pipes, its stat file) and the rest of
         # the supervisor must keep some: refuse now rather than starve REST.
         raise SpawnError(f"cannot run {argv[0]}: only {max(free, 0)} file descriptors left "
                          "(raise the limit: LimitNOFILE= in the unit, ulimit -n)")
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, object] = {} if umask is None else {"umask": umask}
     if _wrapper_works():
         check_command(argv, cwd, env)
         assert _SETPRIV is not None
@@ -151,10 +158,12 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str]
         # the program in the same process. Without the check, a supervisor
         # killed while setpriv starts would leave the child running.
         check = f'[ "$PPID" = {os.getpid()} ] || exit 1; exec "$@"'
-        run = [_SETPRIV, "--pdeathsig", "KILL", "--", _SH, "-c", check, "control-center", *argv]
+        run = [_SETPRIV, "--pdeathsig", "KILL", *runas.setpriv_args(run_as), "--", _SH, "-c",
+               check, "control-center", *argv]
     else:
         parent = os.getpid()
         run = argv
+        kwargs.update(runas.popen_kwargs(run_as))
         kwargs["preexec_fn"] = lambda: _preexec(parent)
     try:
         return subprocess.Popen(
