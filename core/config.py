@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core import schema
+from core.envfile import EnvFileError, read_env_files
 from core.errors import ConfigError, OptionError, did_you_mean
 from core.events import KINDS as EVENT_KINDS
 from core.events import EventsConfig
@@ -83,13 +84,17 @@ class ComponentConfig:
     max_failures: int = _C["max_failures"].default
     exit_codes: tuple[int, ...] = _C["exit_codes"].default
     health_cmd: tuple[str, ...] = ()
+    env_file: tuple[Path, ...] = ()
+    #: What the env_file files held when the config was read (core.envfile).
+    env_file_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    watch: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def same_launch(self, other: ComponentConfig) -> bool:
-        """True when nothing but presentation (name) differs: no restart needed."""
+        """True when nothing but presentation (name, watch) differs: no restart needed."""
         from dataclasses import replace
 
-        return replace(self, name=other.name) == other
+        return replace(self, name=other.name, watch=other.watch) == other
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,14 @@ def _read(r: _Reader, key: schema.Key, base: Path) -> Any:
         return r.boolean(name, key.default)
     if kind == "strings":
         return r.strings(name, key.default)
+    if kind == "paths":
+        value = r.table.get(name)
+        if value is not None and not isinstance(value, str | list):
+            raise r.error(name, f"expected a path (string) or an array of paths, got "
+                                f"{_describe(value)}")
+        found = r.strings(name, key.default) if not isinstance(value, str) else (
+            r.string(name, None),)
+        return tuple(base / Path(p).expanduser() for p in found)
     if kind == "integers":
         value = r.get(name, list(key.default), list, "an array of integers")
         for i, item in enumerate(value):
@@ -334,6 +347,12 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         raise r.error("backoff_max", f"expected a number >= backoff_initial "
                                      f"({values['backoff_initial']}), got "
                                      f"{values['backoff_max']}")
+    try:
+        values["env_file_env"] = MappingProxyType(read_env_files(
+            values["env_file"], listed=isinstance(table.get("env_file"), list)))
+    except EnvFileError as exc:
+        where = "env_file" if exc.index is None else f"env_file[{exc.index}]"
+        raise r.error(where, exc.message) from None
     cfg = ComponentConfig(id=cid, plugin=plugin, name=r.string("name", cid), **values)
     extra = {k: v for k, v in table.items() if k not in _COMMON_KEYS}
     options: Mapping[str, Any] = extra

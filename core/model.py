@@ -53,6 +53,12 @@ class ComponentInfo:
     - ``stop_timeout`` (float, seconds): the component's own; the whole
       stop is bounded by it, which a plugin that stops something the core's
       signals do not reach (a container) must know. Default 10.0.
+    - ``env_file_env`` (read-only mapping of str to str): the variables of
+      the component's ``env_file`` files (the core's key), read when the
+      config was loaded, a later file winning. The core already puts them in
+      the environment of every ``Launch`` beneath ``Launch.env``; a plugin
+      whose work runs elsewhere (a container) passes them on beneath its own
+      variables. Default: empty.
     """
 
     id: str
@@ -62,6 +68,7 @@ class ComponentInfo:
     data_dir: Path = Path(".")
     config_dir: Path = Path(".")
     stop_timeout: float = 10.0
+    env_file_env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ class Launch:
       the directory of config.toml. A relative path is relative to the
       supervisor's working directory, so pass an absolute one.
     - ``env`` (mapping of str to str, default empty): variables set over the
-      supervisor's own environment (nothing is removed).
+      supervisor's own environment and the component's ``env_file`` values
+      (nothing is removed).
     - ``probe`` (bool, default True): False says this run has nothing to
       check beyond being alive; the core then never calls the ``probe``
       hook for it (health is "healthy" as soon as it runs, no metrics).

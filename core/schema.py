@@ -22,6 +22,7 @@ KINDS = {
     "number": "number",
     "path": "path (string)",
     "strings": "array of strings",
+    "paths": "path (string) or array of paths",
     "integers": "array of integers",
     "signal": 'signal (name such as "SIGTERM", or number)',
     "choice": "string",
@@ -195,6 +196,19 @@ COMPONENT: tuple[Key, ...] = (
     Key("max_failures", "integer", 8,
         "Quick failures in a row before giving up (state \"error\") until a start "
         "request.", 1, 1_000_000),
+    Key("env_file", "paths", (),
+        "Dotenv files (KEY=VALUE lines; comments, quotes, `export` and ${VAR} as "
+        "python-dotenv reads them), relative to this file, read when the config is "
+        "loaded: a missing or unreadable file is an error. Their variables go into the "
+        "component's environment beneath its plugin's own (the process plugin's env "
+        "wins), a later file winning over an earlier one; a KEY without a value takes "
+        "the supervisor's. A reload that finds a file changed restarts the component."),
+    Key("watch", "strings", (),
+        "Globs (\"src/**/*.py\") relative to the component's cwd (when its plugin has "
+        "one) or to this file's directory: a change to a matching file restarts the "
+        "running component, once per burst of changes (0.5 s without a change), with a "
+        "restart event. For development; changes in the component's own data "
+        "directory and log files are ignored."),
 )
 
 AUTH: tuple[Key, ...] = (

@@ -396,7 +396,7 @@ class Supervisor:
         return ComponentInfo(id=cfg.id, name=cfg.name, plugin=cfg.plugin, options=cfg.options,
                              data_dir=self.config.server.data_dir / cfg.id,
                              config_dir=self.config.config_dir,
-                             stop_timeout=cfg.stop_timeout)
+                             stop_timeout=cfg.stop_timeout, env_file_env=cfg.env_file_env)
 
     def _new_component(self, cfg: ComponentConfig) -> Component:
         server = self.config.server

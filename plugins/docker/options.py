@@ -29,7 +29,8 @@ _PORT = re.compile(r"^(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d+):(?P<c
 _MOUNT_KEYS = ("type", "source", "target", "read_only")
 _MOUNT_TYPES = ("bind", "volume", "tmpfs")
 PULL_POLICIES = ("missing", "never")
-KEYS = ("image", "command", "env", "env_file", "mounts", "network", "ports", "user",
+#: `env_file` is the core's key: its values come as ComponentInfo.env_file_env.
+KEYS = ("image", "command", "env", "mounts", "network", "ports", "user",
         "memory_max", "labels", "pull")
 #: Keys whose values are not one of OptionReader's kinds; checked here.
 _OWN_KEYS = ("mounts", "ports", "memory_max")
@@ -131,7 +132,6 @@ def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
         "image": image,
         "command": opts.command("command", None),
         "env": opts.env_table("env", {}),
-        "env_file": opts.string("env_file", None),
         "network": opts.string("network", "host"),
         "user": opts.string("user", None),
         "labels": opts.string_table("labels", {}),

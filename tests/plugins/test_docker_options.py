@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults() -> None:
     assert read_options({"image": "nginx:1.27"}) == {
-        "image": "nginx:1.27", "command": None, "env": {}, "env_file": None,
+        "image": "nginx:1.27", "command": None, "env": {},
         "network": "host", "user": None, "labels": {}, "pull": "missing",
         "memory_max": None, "mounts": [], "ports": {}}
 
 
 def test_every_key_normalised() -> None:
     opts = read_options({
-        "image": "app", "command": "serve --port 80", "env": {"A": "1"}, "env_file": "a.env",
+        "image": "app", "command": "serve --port 80", "env": {"A": "1"},
         "network": "appnet", "user": "1000:1000", "labels": {"team": "web"},
         "memory_max": "1.5G", "pull": "never",
         "mounts": ["./data:/data", "/etc/app:/etc/app:ro", "cache:/cache",
