@@ -50,6 +50,7 @@ from core.process import reap_orphans
 from core.runner import Runner
 from core.snapshot import StatsReader, SystemStats, build_document, iso_utc
 from core.states import ComponentState
+from core.watch import Watchers
 
 if TYPE_CHECKING:
     from core.events import EventLog
@@ -90,6 +91,7 @@ class Supervisor:
         self._iso_cache: tuple[float, str] = (0.0, iso_utc(0.0))
         for cid, cfg in config.components.items():
             self._components[cid] = self._new_component(cfg)
+        self._watchers = Watchers(self._files_changed)
 
     @property
     def config(self) -> Config:
@@ -206,6 +208,7 @@ class Supervisor:
                 await self._runner.nursery.start(self._runner.component_task, comp)
                 if comp.cfg.autostart:
                     self._runner.want(comp, True)
+            await self._sync_watchers()
             self._runner.notify()
             log.info("config reloaded: %d added, %d removed, %d changed", len(added),
                      len(removed), len(changed))
@@ -217,6 +220,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every component, dependents before their dependencies."""
         self._shutting_down = True
+        self._watchers.stop_all()
         await self._runner.stop_many(list(self._components), self.config)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -229,6 +233,7 @@ class Supervisor:
                 comp = self._components[cid]
                 if comp.cfg.autostart:
                     self._runner.want(comp, True)
+            await self._sync_watchers()
             await self.tick()
             # The next one an interval after this one, however long the
             # caller takes before the loop first runs (python -m core
@@ -364,6 +369,23 @@ class Supervisor:
         return doc
 
     # -- helpers -----------------------------------------------------------
+
+    async def _sync_watchers(self) -> None:
+        assert self._runner.nursery is not None
+        await self._watchers.sync(self._runner.nursery, self.config.components.values(),
+                                  self.config.server, self.config.config_dir)
+
+    async def _files_changed(self, cid: str, reason: str) -> None:
+        """A watched file changed (core.watch): restart the component if it runs."""
+        comp = self._components.get(cid)
+        if comp is None or self._shutting_down or comp.state not in (S.RUNNING, S.STARTING) \
+                or not comp.desired:
+            return
+        log.info("%s: restarting: %s", cid, reason)
+        comp.log.note(f"restarting: {reason}")
+        if self.events is not None:
+            self.events.emit("restart", cid, reason=reason)
+        await self.restart(cid)
 
     def _describe(self, comp: Component) -> dict[str, Any]:
         return comp.describe(time.monotonic(), self._iso(comp.last_updated))
