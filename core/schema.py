@@ -247,11 +247,16 @@ checks it in its `validate_config` hook. The built-in plugins' keys:
 - `process`: `command` (required; an array of strings, or one string split
   like a shell; `"{python}"` is the supervisor's interpreter), `cwd`, `env`
   (table of strings), `health_url` (healthy on 2xx), `health_tcp`
-  (`"host:port"`, healthy when it accepts a connection).
+  (`"host:port"`, healthy when it accepts a connection), `user` (the user
+  the process runs as: another user only when the supervisor runs as root;
+  its groups, `HOME`, `USER` and `LOGNAME` follow), `group` (default the
+  user's primary group), `umask` (an octal string such as `"022"`).
 - `storage`: `host`, `port` (default 7701), `data_dir`, `sync`
-  (`"full"` or `"normal"`).
+  (`"full"` or `"normal"`), `user`, `group`, `umask`.
 - `api`: `host`, `port` (default 7702), `storage_url`, `window` (seconds,
-  1 to 3600)."""
+  1 to 3600), `user`, `group`, `umask`.
+- `docker`: its own keys, see docs/docker.md (its `user` is the
+  container's user)."""
 
 
 def _entry(key: Key) -> str:
