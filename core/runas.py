@@ -22,6 +22,7 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -135,3 +136,18 @@ def launch_env(info: ComponentInfo, launch: Launch) -> dict[str, str]:
     env.update(getattr(info, "env_file_env", {}))
     env.update(launch.env)
     return env
+
+
+def hand_over(directory: Path, user: str | None, group: str | None) -> None:
+    """Give a component's data directory to the user its process runs as.
+
+    The core creates the directory as the supervisor's user (root); a child
+    that runs as another user could not write its own data otherwise. Only
+    the directory itself changes owner, not what is already in it.
+    """
+    run_as = resolve(user, group)
+    if run_as.uid is None:
+        return
+    st = directory.stat()
+    if st.st_uid != run_as.uid:
+        os.chown(directory, run_as.uid, run_as.gid if run_as.gid is not None else -1)

@@ -21,7 +21,7 @@ from core.errors import PluginError
 from core.model import Launch, Probe
 from core.policy import Action, Backoff, after_exit
 from core.process import ChildProcess, SpawnError
-from core.runas import launch_env
+from core.runas import RunAsError, hand_over, launch_env
 from core.states import ComponentState, check_transition
 
 if TYPE_CHECKING:
@@ -222,6 +222,13 @@ class Runner:
             raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned "
                               f"{type(launch).__name__}, expected core.Launch")
         assert self.nursery is not None
+        if launch.user is not None:
+            try:
+                hand_over(comp.info.data_dir, launch.user, launch.group)
+            except (OSError, RunAsError) as exc:
+                raise SpawnError(f"cannot give the data directory {comp.info.data_dir} to "
+                                 f"{launch.user}: {getattr(exc, 'strerror', None) or exc}"
+                                 ) from None
         cwd = launch.cwd or str(self.config.config_dir)
         try:
             child = await ChildProcess.spawn(

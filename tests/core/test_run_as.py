@@ -203,3 +203,25 @@ def test_launch_refuses_wrong_types() -> None:
         with pytest.raises(TypeError):
             Launch(argv=("true",), **bad)
     assert Launch(argv=("true",), user="nobody", umask=0o022).umask == 0o022
+
+
+@needs_root
+async def test_a_child_as_nobody_writes_in_its_own_data_directory():
+    """The core hands the component's data directory to the user its process runs as."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as where:
+        os.chmod(where, 0o755)  # nobody must reach it
+        base = Path(where)
+        data = base / "data" / "job"
+        script = f"echo made > {data}/made.txt && exec sleep 60"
+        path = write(base, '[components.job]\nplugin = "process"\n'
+                           f'command = ["/bin/sh", "-c", "{script}"]\n'
+                           'user = "nobody"\numask = "077"\n')
+        async with supervising(path) as sup:
+            pid = await running_pid(sup)
+            with trio.fail_after(10):
+                while not (data / "made.txt").exists():
+                    await trio.sleep(0.02)
+            assert status(pid)["Uid"].split()[0] == str(NOBODY.pw_uid)
+            made = (data / "made.txt").stat()
+        assert data.stat().st_uid == NOBODY.pw_uid
+        assert made.st_uid == NOBODY.pw_uid and made.st_mode & 0o777 == 0o600  # umask 077
