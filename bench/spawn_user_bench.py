@@ -10,6 +10,10 @@ subprocess fork() instead of vfork()). Interleaved, 200 rounds, in a process
 that imports what the supervisor imports (its size is what a fork copies).
 Popen() is the time the event loop is held; spawn-to-exit includes the
 exec of setpriv, sh and true.
+
+Then the same through a real Supervisor: two `sleep` components, one as
+the supervisor's user and one with user = "nobody", restarted alternately
+(Supervisor.restart until the new pid is running), 100 times each.
 """
 
 from __future__ import annotations
@@ -52,6 +56,45 @@ def run(variant: str) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t0
 
 
+async def restarts(rounds: int = 100) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import trio
+
+    from core.config import load
+    from core.plugins import PluginManager
+    from core.supervisor import Supervisor
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as where:
+        os.chmod(where, 0o755)
+        path = Path(where) / "config.toml"
+        path.write_text("".join(
+            f'[components.{cid}]\nplugin = "process"\ncommand = ["sleep", "600"]\n{extra}\n'
+            for cid, extra in (("self", ""), ("nobody", 'user = "nobody"'))))
+        plugins = PluginManager(load_entry_points=False)
+        sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins)
+        took: dict[str, list[float]] = {"self": [], "nobody": []}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            for _ in range(rounds):
+                for cid, found in took.items():
+                    while sup.view(cid)["state"] != "running":
+                        await trio.sleep(0.005)
+                    old = sup.view(cid)["pid"]
+                    t0 = time.perf_counter()
+                    await sup.restart(cid)
+                    while sup.view(cid)["pid"] in (None, old) or \
+                            sup.view(cid)["state"] != "running":
+                        await trio.sleep(0.001)
+                    found.append(time.perf_counter() - t0)
+            await sup.shutdown()
+            nursery.cancel_scope.cancel()
+    for cid, found in took.items():
+        print(f"restart as {cid:6s} median {statistics.median(found) * 1e3:.2f} ms  "
+              f"p90 {sorted(found)[int(len(found) * 0.9)] * 1e3:.2f} ms")
+
+
 def main() -> None:
     res: dict[str, tuple[list[float], list[float]]] = {
         v: ([], []) for v in ("plain", "setpriv", "subprocess")}
@@ -66,4 +109,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import trio
+
     main()
+    trio.run(restarts)
