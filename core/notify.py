@@ -68,7 +68,7 @@ def describe(event: Event, more: int = 0, span: float = 0.0) -> str:
             "unhealthy": "is unhealthy", "recovered": "recovered",
             "restart_scheduled": "will restart", "state": "changed state",
             "probe_error": "probe failed", "reload": "config reloaded",
-            "control": "was controlled"}.get(event.kind, event.kind)
+            "control": "was controlled", "restart": "restarted"}.get(event.kind, event.kind)
     subject = event.component or "Control Center"
     detail = event.data.get("reason") or event.data.get("error") or ""
     if event.kind == "control":

@@ -53,16 +53,23 @@ class Spec:
     ignore_files: tuple[Path, ...]
 
     def roots(self) -> list[Path]:
-        """The directories to watch: each glob's literal head (or its nearest existing
-        ancestor, so a directory made later is seen), none inside another."""
+        """The directories to watch: each glob's literal head, or its nearest existing
+        ancestor so that a directory made later is seen, but never above `base`
+        (a glob outside `base` whose directory does not exist is left out: its
+        nearest ancestor could be /). None lies inside another."""
         found: set[Path] = set()
         for pattern in self.patterns:
             head = Path(pattern)
+            inside = head.is_relative_to(self.base)
             while _GLOB.search(head.name) or not head.is_dir():
-                if head.parent == head:
+                if head == self.base or head.parent == head or (
+                        not inside and not _GLOB.search(head.name)):
                     break
                 head = head.parent
-            found.add(head)
+            if head.is_dir():
+                found.add(head)
+            else:
+                log.warning("watch: %s does not exist; %s is not watched", head, pattern)
         return [r for r in sorted(found) if not any(o != r and r.is_relative_to(o)
                                                     for o in found)]
 
@@ -176,6 +183,9 @@ async def watch(cid: str, spec: Spec, on_burst: Callable[[str, set[str]], Awaita
 
     async def feed() -> None:
         roots = spec.roots()
+        if not roots:
+            ready.set()
+            return
         # awatch's first step makes the inotify watches, then waits in its
         # thread: once this task yields after set(), they exist.
         ready.set()
@@ -237,12 +247,15 @@ class Watchers:
                    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
                    ) -> None:
         with trio.CancelScope() as scope:
+            status = _Started(task_status, scope)
             try:
-                await watch(cid, spec, self._burst, task_status=_Started(task_status, scope))
-            except OSError as exc:
-                # No inotify watch left, a root that vanished: this component's
-                # watch stops, nothing else does.
-                log.error("%s: watch stopped: %s", cid, exc.strerror or exc)
+                await watch(cid, spec, self._burst, task_status=status)
+            except Exception as exc:  # an ExceptionGroup from its nursery, too
+                # No inotify watch left, a directory that vanished: this
+                # component's watch stops, nothing else does.
+                log.error("%s: watch stopped: %s", cid, _reason(exc))
+                if not status.done:
+                    task_status.started(scope)
 
     async def _burst(self, cid: str, paths: set[str]) -> None:
         spec = self._tasks.get(cid)
@@ -258,5 +271,14 @@ class _Started:
                  ) -> None:
         self._status, self._scope = status, scope
 
+        self.done = False
+
     def started(self, value: object = None) -> None:
+        self.done = True
         self._status.started(self._scope)
+
+
+def _reason(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

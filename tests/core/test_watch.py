@@ -178,3 +178,30 @@ def test_glob_translation(glob, path, hit):
     import re
 
     assert bool(re.fullmatch(watch_mod._translate(glob), path)) is hit
+
+
+async def test_a_watch_that_cannot_start_harms_nothing_else(tmp_path):
+    """A missing cwd, a glob outside it whose directory is not there: logged, and the
+    supervisor and the other components go on; no watch of / either."""
+    path = write(tmp_path, '[components.job]\nplugin = "process"\ncommand = ["sleep", "60"]\n'
+                           'cwd = "app"\nwatch = ["*.py", "/no/such/dir/**/*.py"]\n'
+                           '[components.ok]\nplugin = "process"\ncommand = ["sleep", "60"]\n')
+    spec = watch_mod.spec_for(load(path).components["job"], load(path).server, tmp_path)
+    assert spec is not None and spec.roots() == []
+
+    async def body(run: Running) -> None:
+        await run.running("ok")
+        assert set(run.sup._watchers._tasks) == {"job"}
+
+    await supervise(path, body)
+
+
+def test_roots_stop_at_the_base_and_never_nest(tmp_path):
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    spec = watch_mod.Spec(patterns=(f"{tmp_path}/src/**/*.py", f"{tmp_path}/src/a/*.txt",
+                                    f"{tmp_path}/later/*.py"),
+                          base=tmp_path, ignore_dirs=(), ignore_files=())
+    assert spec.roots() == [tmp_path]  # later/ does not exist yet: its parent, the base
+    spec = watch_mod.Spec(patterns=(f"{tmp_path}/src/**/*.py", f"{tmp_path}/src/a/*.txt"),
+                          base=tmp_path, ignore_dirs=(), ignore_files=())
+    assert spec.roots() == [tmp_path / "src"]
