@@ -21,6 +21,7 @@ as subprocess would.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -57,7 +58,7 @@ def _wrapper_works() -> bool:
     return use_wrapper
 
 
-def _preexec(parent_pid: int) -> None:
+def _preexec(parent_pid: int, cgroup: str | None = None) -> None:
     # Runs in the forked child, before exec: the death signal fires when the
     # *thread* that forked exits, which is why spawn() must run on trio's main
     # thread, never from a worker thread.
@@ -65,6 +66,13 @@ def _preexec(parent_pid: int) -> None:
     if os.getppid() != parent_pid:
         # The parent died before prctl took effect: nobody will ever stop us.
         os._exit(1)
+    if cgroup is not None:
+        try:
+            fd = os.open(cgroup, os.O_WRONLY)
+            os.write(fd, b"0")  # "0": the writing process itself
+            os.close(fd)
+        except OSError:
+            os._exit(1)  # outside its cgroup it would escape the stop
 
 
 def spawn_error(exc: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
@@ -129,12 +137,13 @@ def descriptors_free() -> int:
     return soft - used
 
 
-def popen(argv: list[str], *, cwd: str | None, env: dict[str, str]
-          ) -> subprocess.Popen[bytes]:
+def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
+          cgroup: str | None = None) -> subprocess.Popen[bytes]:
     """Start argv in its own session with the death signal set; raises SpawnError.
 
     Must be called from the thread whose exit should kill the child (trio's
-    main thread).
+    main thread). `cgroup`: a cgroup.procs file the child joins before the
+    program runs (so that nothing it forks can start outside).
     """
     free = descriptors_free()
     if free < SPAWN_RESERVE + PER_CHILD:
@@ -151,11 +160,14 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str]
         # the program in the same process. Without the check, a supervisor
         # killed while setpriv starts would leave the child running.
         check = f'[ "$PPID" = {os.getpid()} ] || exit 1; exec "$@"'
+        if cgroup is not None:
+            # A builtin with a redirection: no extra process, no extra exec.
+            check = f'echo 0 > {shlex.quote(cgroup)} || exit 1; {check}'
         run = [_SETPRIV, "--pdeathsig", "KILL", "--", _SH, "-c", check, "control-center", *argv]
     else:
         parent = os.getpid()
         run = argv
-        kwargs["preexec_fn"] = lambda: _preexec(parent)
+        kwargs["preexec_fn"] = lambda: _preexec(parent, cgroup)
     try:
         return subprocess.Popen(
             run, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
