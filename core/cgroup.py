@@ -84,9 +84,18 @@ def _write(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _pids(path: Path) -> list[int]:
+def _read_bytes(path: str) -> bytes:
+    # os.open/os.read: a third of the cost of open() in text mode, read every tick.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return [int(x) for x in _read(path / "cgroup.procs").split()]
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+def _pids(path: Path | str) -> list[int]:
+    try:
+        return [int(x) for x in _read_bytes(f"{path}/cgroup.procs").split()]
     except (OSError, ValueError):
         return []
 
@@ -102,12 +111,21 @@ def _keyed(path: Path, name: str) -> dict[str, int]:
     return out
 
 
+def _tree_pids(path: str) -> list[int]:
+    found = _pids(path)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                found += _tree_pids(entry.path)
+    return found
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Resident memory of these processes together (statm; gone ones count 0)."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(_read(Path(f"/proc/{pid}/statm")).split()[1]) * _PAGE
+            total += int(_read_bytes(f"/proc/{pid}/statm").split()[1]) * _PAGE
     return total
 
 
@@ -124,12 +142,7 @@ class Group:
 
     def pids(self) -> list[int]:
         """Every process in this cgroup and the cgroups below it."""
-        found = _pids(self.path)
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(self.path):
-                if entry.is_dir(follow_symlinks=False):
-                    found += Group(Path(entry.path)).pids()
-        return found
+        return _tree_pids(str(self.path))
 
     def populated(self) -> bool:
         events = _keyed(self.path, "cgroup.events")
@@ -194,14 +207,24 @@ class Group:
         return self.remove()
 
     def cpu_usec(self) -> int | None:
-        return _keyed(self.path, "cpu.stat").get("usage_usec")
+        try:
+            first = _read_bytes(f"{self.path}/cpu.stat").split(b"\n", 1)[0].split()
+            return int(first[1]) if first[0] == b"usage_usec" else None
+        except (OSError, ValueError, IndexError):
+            return None
 
-    def memory_bytes(self, controller: bool) -> int:
-        """memory.current with the memory controller; else the RSS of its processes."""
+    def memory_bytes(self, controller: bool, leader: tuple[int, int] | None = None) -> int:
+        """memory.current with the memory controller; else the RSS of its processes.
+
+        `leader`: (pid, bytes) already read this tick, not read again.
+        """
         if controller:
             with contextlib.suppress(OSError, ValueError):
-                return int(_read(self.path / "memory.current"))
-        return rss_bytes(self.pids())
+                return int(_read_bytes(f"{self.path}/memory.current"))
+        pids = self.pids()
+        if leader is None or leader[0] not in pids:
+            return rss_bytes(pids)
+        return leader[1] + rss_bytes([p for p in pids if p != leader[0]])
 
     def oom_kills(self) -> int:
         return _keyed(self.path, "memory.events").get("oom_kill", 0)

@@ -161,7 +161,8 @@ class Containment:
                     if before is not None and now > before[1] and usec >= before[0]:
                         cpu = round((usec - before[0]) / 1e4 / (now - before[1]), 1)
                     self._cpu[cid] = (usec, now)
-                memory = group.memory_bytes(self.enforced("memory"))
+                memory = group.memory_bytes(self.enforced("memory"),
+                                            (pid, round(seen.memory_mb * 2**20)))
                 procs[pid] = ProcessStats(cpu_percent=cpu, memory_mb=round(memory / 2**20, 1))
             elif memory_max is not None:
                 table = table or scan()

@@ -229,7 +229,11 @@ class Runner:
         try:
             child = await ChildProcess.spawn(self.nursery, launch.argv, cwd=cwd,
                                              env=dict(launch.env), log=comp.log, cgroup=cgroup)
-        except (TypeError, ValueError) as exc:
+        except BaseException as exc:
+            if cgroup is not None:
+                cgroup.remove()  # no run: no empty leaf left per failed start
+            if not isinstance(exc, TypeError | ValueError):
+                raise
             # Popen refuses it before any process exists (a non-string env
             # value, a NUL byte): the plugin's mistake, this component's failure.
             raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned a Launch that "
