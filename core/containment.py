@@ -61,7 +61,8 @@ class Containment:
         else:
             tree, reason = open_tree(f"control-center-{instance}")
         if tree is None:
-            log.warning("containment: process groups (cgroups are not used: %s)", reason)
+            log.log(logging.INFO if not enabled else logging.WARNING,
+                    "containment: process groups (cgroups are not used: %s)", reason)
         else:
             log.info("containment: a cgroup per component under %s", tree.base)
         return cls(tree, reason)
