@@ -1,6 +1,6 @@
 """Supervisor core figures: restart latency, per-tick cost, idle overhead.
 
-    python bench/core_bench.py restart [--runs 20]
+    python bench/core_bench.py restart [--runs 20] [--cgroups]
     python bench/core_bench.py tick [--components 200] [--ticks 20]
     python bench/core_bench.py idle [--components 50] [--seconds 60]
     python bench/core_bench.py crashloop [--seconds 10]
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.app import freeze_startup_objects  # noqa: E402
 from core.config import load  # noqa: E402
+from core.containment import Containment  # noqa: E402
 from core.plugins import PluginManager  # noqa: E402
 from core.states import ComponentState  # noqa: E402
 from core.supervisor import Supervisor  # noqa: E402
@@ -66,10 +67,11 @@ def load_config(path: Path):
     return load(path, plugins=plugins.names, validate=plugins.validate), plugins
 
 
-async def _restart(runs: int, directory: Path) -> list[float]:
+async def _restart(runs: int, directory: Path, containment: Containment | None = None
+                   ) -> list[float]:
     cfg, plugins = load_config(write_config(directory, 1, interval=2.0,
                                             extra="stable_after = 0.0\n"))
-    sup = Supervisor(cfg, plugins)
+    sup = Supervisor(cfg, plugins, containment=containment)
     running_at: list[float] = []
     new_running = trio.Event()
 
@@ -101,6 +103,22 @@ async def _restart(runs: int, directory: Path) -> list[float]:
         await sup.shutdown()
         nursery.cancel_scope.cancel()
     return latencies
+
+
+def _restart_both(runs: int, directory: Path) -> dict[str, list[float]]:
+    """Restart latency with and without a cgroup per component, in alternating rounds."""
+    out: dict[str, list[float]] = {"process-group": [], "cgroup": []}
+    for round_ in range(4):
+        for kind in out:
+            containment = None
+            if kind == "cgroup":
+                containment = Containment.open(f"bench-{os.getpid()}", enabled=True)
+                if containment.tree is None:
+                    raise SystemExit(f"cgroups cannot be made here: {containment.reason}")
+            here = directory / f"{kind}-{round_}"
+            here.mkdir()
+            out[kind] += trio.run(_restart, max(1, runs // 4), here, containment)
+    return out
 
 
 class StepTimer(trio.abc.Instrument):
@@ -290,6 +308,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("restart")
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--cgroups", action="store_true",
+                   help="with and without a cgroup per component, side by side")
     p = sub.add_parser("tick")
     p.add_argument("--components", type=int, default=200)
     p.add_argument("--ticks", type=int, default=20)
@@ -307,7 +327,15 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        if args.what == "restart":
+        if args.what == "restart" and args.cgroups:
+            both = _restart_both(args.runs, directory)
+            for kind, lat in both.items():
+                print(f"restart latency, {kind} containment, over {len(lat)} kill -9s: "
+                      f"median {statistics.median(lat):.2f} ms, p90 "
+                      f"{statistics.quantiles(lat, n=10)[-1]:.2f} ms, max {max(lat):.2f} ms")
+            ratio = statistics.median(both["cgroup"]) / statistics.median(both["process-group"])
+            print(f"median, cgroup / process-group: {ratio:.2f}")
+        elif args.what == "restart":
             lat = trio.run(_restart, args.runs, directory)
             print(f"restart latency over {len(lat)} kill -9s: median "
                   f"{statistics.median(lat):.2f} ms, max {max(lat):.2f} ms, "

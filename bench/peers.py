@@ -2,7 +2,7 @@
 
     python bench/peers.py --supervisord /tmp/peers-venv/bin/supervisord \\
         --circusd /tmp/peers-venv/bin/circusd --pm2 /tmp/pm2/node_modules/.bin/pm2 \\
-        [--children 50] [--kills 15] [--idle-seconds 60] [--only ours,pm2]
+        [--children 50] [--kills 15] [--idle-seconds 60] [--only ours,pm2] [--no-cgroups]
 
 Installs nothing: give it the peers' commands (a peer left out is skipped).
 Each supervisor gets a generated config of `--children` programs running
@@ -169,6 +169,12 @@ class OursHangingNotifier(Ours):
              'min_interval = 0\ntimeout = 30\nretries = 0\n')
 
 
+class OursNoCgroups(Ours):
+    """Ours with process-group containment only (no cgroup per component)."""
+
+    extra = "cgroups = false\n"
+
+
 class Supervisord(Peer):
     def __init__(self, *args: object, command: str) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
@@ -299,7 +305,10 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=50)
     parser.add_argument("--kills", type=int, default=15)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
-    parser.add_argument("--only", help="comma-separated: supervisord,circus,pm2,ours")
+    parser.add_argument("--only", help="comma-separated: supervisord,circus,pm2,ours,"
+                        "ours-no-cgroups")
+    parser.add_argument("--no-cgroups", action="store_true",
+                        help="also ours with [server] cgroups = false, beside ours")
     parser.add_argument("--hanging-notifier", action="store_true",
                         help="also ours with a notifier that hangs on every event")
     args = parser.parse_args()
@@ -322,6 +331,9 @@ def main() -> None:
                                 command=args.circusd))
         if args.pm2:
             peers.append(PM2("pm2", folder("pm2"), args.children, command=args.pm2))
+        if args.no_cgroups:
+            peers.append(OursNoCgroups("ours-no-cgroups", folder("ours-no-cgroups"),
+                                       args.children))
         peers.append(Ours("ours", folder("ours"), args.children))
         if args.hanging_notifier:
             peers.append(OursHangingNotifier("ours+stuck-notifier", folder("ours-notify"),

@@ -96,6 +96,7 @@ async def serve(config_path: str | Path) -> int:
     from core import events as event_log
     from core import process
     from core.collector import PacedCollector
+    from core.containment import Containment
     from core.federation import Federation
     from core.hub import Hub
     from core.leftovers import AlreadyRunning, RunRecord
@@ -119,6 +120,13 @@ async def serve(config_path: str | Path) -> int:
         # permission), not a bug: say which key to change, no traceback.
         raise StartupError(f"{config.path}: server.data_dir: cannot use {server.data_dir}: "
                            f"{exc.strerror or exc}") from None
+    # After the run record's lock: only the supervisor of this data directory
+    # touches its cgroups, and what a crashed run left in them ends first.
+    containment = Containment.open(instance_id(server.data_dir), enabled=server.cgroups)
+    if containment.tree is not None:
+        for cid, pids in containment.tree.leftovers().items():
+            log.warning("ended a leftover of the previous run: cgroup of %s, pid(s) %s", cid,
+                        ", ".join(map(str, pids)))
     hub = Hub(interval=server.interval, history_seconds=server.history_seconds)
     try:
         events, notifiers = event_log.build(config, plugins)
@@ -127,7 +135,8 @@ async def serve(config_path: str | Path) -> int:
                            f"{server.data_dir}: {exc.strerror or exc}") from None
     federation = Federation(config.remotes, instance_id(server.data_dir), server.interval)
     hub.extender = federation  # the remotes' components join each snapshot
-    supervisor = Supervisor(config, plugins, hub, record=record, events=events)
+    supervisor = Supervisor(config, plugins, hub, record=record, events=events,
+                            containment=containment)
     stop = trio.Event()
     close_web = trio.Event()
     web_closed = trio.Event()
@@ -180,6 +189,7 @@ async def serve(config_path: str | Path) -> int:
             nursery.cancel_scope.cancel()
     finally:
         process.kill_all_now()
+        containment.close()
         collector.give_back()
     log.info("stopped cleanly")
     return 0

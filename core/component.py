@@ -65,6 +65,11 @@ class Component:
     run_scope: trio.CancelScope | None = None
     task_scope: trio.CancelScope | None = None
     removed: bool = False
+    #: "cgroup" or "process-group" (core.containment), and the limits in effect.
+    containment: str = "process-group"
+    limits: dict[str, Any] = field(default_factory=dict)
+    #: Why the supervisor restarted it (memory_max): the next run's `error`.
+    restart_reason: str | None = None
     #: Bumped by every start/stop request: a caller waiting for the outcome of
     #: its request stops waiting once a later request has superseded it.
     requests: int = 0
@@ -141,14 +146,15 @@ class Component:
                 "error": error, "last_updated": stamp, "plugin": cfg.plugin,
                 "restarts": self.restarts, "exit_code": self.exit_code,
                 "health": self.health, "next_restart_in": next_in, "depends_on": self._deps,
-                "metrics": dict(self.metrics),
+                "metrics": dict(self.metrics), "containment": self.containment,
+                "limits": self.limits,
             }
         return {
             "name": cfg.name, "state": self.state.value, "pid": None, "uptime": None,
             "cpu_percent": None, "memory_mb": None, "error": error, "last_updated": stamp,
             "plugin": cfg.plugin, "restarts": self.restarts, "exit_code": self.exit_code,
             "health": None, "next_restart_in": next_in, "depends_on": self._deps,
-            "metrics": {},
+            "metrics": {}, "containment": self.containment, "limits": self.limits,
         }
 
 

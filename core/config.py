@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import signal
 import tomllib
@@ -61,6 +62,7 @@ class ServerConfig:
     control_rate: float = _S["control_rate"].default
     message_rate: float = _S["message_rate"].default
     auth_failure_rate: float = _S["auth_failure_rate"].default
+    cgroups: bool = _S["cgroups"].default
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class ComponentConfig:
     #: What the env_file files held when the config was read (core.envfile).
     env_file_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     watch: tuple[str, ...] = ()
+    #: Bytes (memory_max) and cores (cpu_max); None: no limit.
+    memory_max: int | None = None
+    cpu_max: float | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def same_launch(self, other: ComponentConfig) -> bool:
@@ -225,9 +230,34 @@ def _parse_signal(reader: _Reader, key: str, default: int) -> int:
         raise reader.error(key, f"unknown signal {value!r}{suffix}") from None
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+#: The smallest memory_max: below it not even an interpreter starts.
+MIN_SIZE = 2**20
+
+
+def _size(r: _Reader, name: str) -> int | None:
+    """A size such as "512M" (K/M/G: powers of 1024) or an integer of bytes, >= 1M."""
+    value = r.get(name, None, (str, int), 'a size such as "512M"')
+    if value is None:
+        return None
+    found = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if isinstance(value, str) and found is None:
+        raise r.error(name, f'expected a size such as "512M" (K, M or G), got {value!r}')
+    size = value if isinstance(value, int) else int(
+        float(found.group(1)) * _UNITS[found.group(2).lower()])  # type: ignore[union-attr]
+    if size < MIN_SIZE:
+        raise r.error(name, f"expected at least 1M, got {value!r}")
+    return size
+
+
 def _read(r: _Reader, key: schema.Key, base: Path) -> Any:
     """One key by its definition in core.schema: type, default and bounds."""
     kind, name = key.kind, key.name
+    if kind == "size":
+        return _size(r, name)
+    if kind == "number" and key.default is None and name not in r.table:
+        return None
     if kind == "integer":
         assert key.low is not None and key.high is not None, name  # integers have bounds
         return r.integer(name, key.default, int(key.low), int(key.high))

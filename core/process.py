@@ -11,6 +11,11 @@ the same way (SIGTERM, LEFTOVER_GRACE, SIGKILL). The exited leader is reaped
 only once that is done: until then its zombie keeps the process group's id
 from being handed to an unrelated process that a late killpg() would hit.
 
+Given a cgroup (core.cgroup), the child joins it before its program runs,
+and a stop ends the whole cgroup too (cgroup.kill), which reaches what no
+marker or process group can: a descendant that left the session and cleared
+its environment.
+
 Every child carries CHILD_ENV=<RUN_ID>/<n> in its environment. Descendants
 inherit it, so a process that escaped its group and lost its parent can still
 be traced back to the child that started it, in this run (`stop`) or by the
@@ -27,6 +32,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import psutil
 import trio
@@ -51,11 +57,15 @@ from core.proctable import (
     kill,
     marker,
     pid_list,
+    processes,
     scan,
     signame,
     this_process,
 )
 from core.spawn import SpawnError
+
+if TYPE_CHECKING:
+    from core.cgroup import Group
 
 __all__ = ["CHILD_ENV", "RUN_ID", "ChildProcess", "SpawnError", "enable_subreaper",
            "kill_all_now", "reap_orphans", "stragglers"]
@@ -113,8 +123,11 @@ class ChildProcess:
     """One spawned OS process: its own session, death signal, drained output."""
 
     def __init__(self, popen: subprocess.Popen[bytes], log: LogTail, marker: str,
-                 on_exit_reaped: Callable[[ChildProcess], None] | None) -> None:
+                 on_exit_reaped: Callable[[ChildProcess], None] | None,
+                 cgroup: Group | None = None) -> None:
         self._popen = popen
+        #: The cgroup this run's processes are in (None: process-group containment).
+        self.cgroup = cgroup
         self.pid: int = popen.pid
         self.pgid: int = popen.pid
         self.started_at: float = time.monotonic()
@@ -137,8 +150,10 @@ class ChildProcess:
                     env: Mapping[str, str] | None, log: LogTail,
                     on_exit_reaped: Callable[[ChildProcess], None] | None = None,
                     user: str | None = None, group: str | None = None,
-                    umask: int | None = None) -> ChildProcess:
+                    umask: int | None = None, cgroup: Group | None = None) -> ChildProcess:
         """Start `argv`; must be called from trio's main thread (see core.spawn).
+
+        `cgroup`: an empty cgroup the child runs in (joined before exec).
 
         `on_exit_reaped(child)` is called once, as soon as the exit status is
         known (returncode set); it must not raise.
@@ -154,9 +169,10 @@ class ChildProcess:
         full_env = {**inherited, **(env or {}), CHILD_ENV: marker}
         with _registry_lock:
             popen = spawn_mod.popen(argv, cwd=cwd, env=full_env, user=user, group=group,
-                                    umask=umask)
+                                    umask=umask,
+                                    cgroup=cgroup.procs_file if cgroup is not None else None)
             try:
-                child = cls(popen, log, marker, on_exit_reaped)
+                child = cls(popen, log, marker, on_exit_reaped, cgroup)
             except OSError as exc:  # no descriptor left for its pidfd
                 _abandon(popen)
                 raise SpawnError(f"cannot watch {argv[0]}: {exc.strerror or exc}") from None
@@ -279,6 +295,8 @@ class ChildProcess:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, os.WNOHANG)
             _live.pop(self.pid, None)
+        if self.cgroup is not None and not self.cgroup.populated():
+            self.cgroup.remove()  # this run's leaf; the component's cgroup stays
         fd, self._pidfd = self._pidfd, None
         if fd is not None:
             with contextlib.suppress(RuntimeError):  # RuntimeError: not in trio (at exit)
@@ -300,6 +318,10 @@ class ChildProcess:
     def _ours(self, table: Table | None = None) -> list[psutil.Process]:
         """Everything still alive that this child started: seen descendants, marked orphans."""
         found = {pid: p for pid, p in self._known.items() if alive(p)}
+        if self.cgroup is not None:
+            # Whatever it forked, however it detached: in its cgroup.
+            for proc in processes(self.cgroup.pids()):
+                found.setdefault(proc.pid, proc)
         # Members of live groups are covered by killpg (ours) or belong to another
         # child: only the rest can be an escapee of ours, recognised by its marker.
         for proc in stragglers(table):
@@ -389,11 +411,17 @@ class ChildProcess:
         if table is None:
             table = await fresh_scan()
         left = kill(self._ours(table), signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()  # also what forked since the table was read
         if left:
             self.log.note(f"killed {len(left)} leftover process(es) of pid {self.pid}: "
                           f"{pid_list(left)}")
             with trio.move_on_after(KILL_WAIT):
                 while any(alive(p) for p in left):
+                    await trio.sleep(0.01)
+        if self.cgroup is not None:
+            with trio.move_on_after(KILL_WAIT):
+                while self.cgroup.populated():
                     await trio.sleep(0.01)
         self._known.clear()
 
@@ -413,6 +441,8 @@ class ChildProcess:
         procs = self._ours(table)
         self.signal_group(signal.SIGKILL)
         kill(procs, signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()
         if self.returncode is None and self._pidfd is not None:
             # Bounded: a SIGKILLed process is normally gone in microseconds.
             poller = select.poll()

@@ -105,6 +105,26 @@ def setpriv_args(run_as: RunAs) -> list[str]:
     return args
 
 
+def groups_of(run_as: RunAs) -> list[int]:
+    """The supplementary groups `run_as` gets: its user's, or none for a group alone."""
+    if run_as.user is not None and run_as.gid is not None:
+        return os.getgrouplist(run_as.user, run_as.gid)
+    return []
+
+
+def switch(run_as: RunAs, groups: list[int]) -> None:
+    """Take `run_as` in this process (a forked child before exec): groups, gid, uid.
+
+    `groups` comes from groups_of(), looked up before the fork: no user
+    database is read in the child.
+    """
+    if run_as.gid is not None:
+        os.setgroups(groups)
+        os.setresgid(run_as.gid, run_as.gid, run_as.gid)
+    if run_as.uid is not None:
+        os.setresuid(run_as.uid, run_as.uid, run_as.uid)
+
+
 def popen_kwargs(run_as: RunAs) -> dict[str, object]:
     """subprocess.Popen's user=/group=/extra_groups= for `run_as`."""
     kwargs: dict[str, object] = {}

@@ -17,6 +17,7 @@ import trio
 
 from core import health, health_log
 from core.component import Component, call_hook, describe_exc, exit_text
+from core.containment import Containment
 from core.errors import PluginError
 from core.model import Launch, Probe
 from core.policy import Action, Backoff, after_exit
@@ -56,6 +57,8 @@ class Runner:
         self.events = events
         self.plugins = plugins
         self.record = record
+        #: Each run's cgroup, or process groups (core.containment).
+        self.containment = Containment()
         self.components: dict[str, Component] = {}
         self.listeners: list[Callable[[str, ComponentState, ComponentState], None]] = []
         self.nursery: trio.Nursery | None = None
@@ -163,7 +166,7 @@ class Runner:
             if (code is None or code not in expected) and self.events is not None:
                 # Not asked to stop (a stop cancels this task first): a crash.
                 self.events.emit("crashed", cfg.id, reason=comp.error if code is None
-                                 else exit_text(code), exit_code=code)
+                                 else self.containment.exit_text(cfg.id, code), exit_code=code)
             decision = after_exit(cfg.restart, code, quick=quick, failures=failures,
                                   backoff=Backoff(cfg.backoff_initial, cfg.backoff_factor,
                                                   cfg.backoff_max, cfg.max_failures),
@@ -177,7 +180,7 @@ class Runner:
                 return
             if decision.action is Action.FAIL:
                 comp.desired = False
-                comp.error = comp.error or exit_text(code)
+                comp.error = comp.error or self.containment.exit_text(cfg.id, code)
                 # RUNNING/STARTING -> ERROR: failed and the policy does not restart
                 self.set_state(comp, S.ERROR, comp.error)
                 return
@@ -192,7 +195,7 @@ class Runner:
                 return
             delay = decision.delay
             if code is not None:
-                comp.error = exit_text(code)
+                comp.error = self.containment.exit_text(cfg.id, code)
             comp.restarts += 1
             # RUNNING -> STARTING: died; the policy restarts it after `delay`
             why = exit_text(code) if code is not None else "start failed"
@@ -230,11 +233,17 @@ class Runner:
                                  f"{launch.user}: {getattr(exc, 'strerror', None) or exc}"
                                  ) from None
         cwd = launch.cwd or str(self.config.config_dir)
+        cgroup = self.containment.new_run(comp.cfg)
         try:
             child = await ChildProcess.spawn(
                 self.nursery, launch.argv, cwd=cwd, env=launch_env(comp.info, launch),
-                log=comp.log, user=launch.user, group=launch.group, umask=launch.umask)
-        except (TypeError, ValueError) as exc:
+                log=comp.log, user=launch.user, group=launch.group, umask=launch.umask,
+                cgroup=cgroup)
+        except BaseException as exc:
+            if cgroup is not None:
+                cgroup.remove()  # no run: no empty leaf left per failed start
+            if not isinstance(exc, TypeError | ValueError):
+                raise
             # Popen refuses it before any process exists (a non-string env
             # value, a NUL byte): the plugin's mistake, this component's failure.
             raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned a Launch that "
@@ -259,7 +268,8 @@ class Runner:
         comp.child = child
         comp.started_at = time.monotonic()
         comp.exit_code = None
-        comp.error = None
+        # A restart by the supervisor (memory_max) says why for the run that follows.
+        comp.error, comp.restart_reason = comp.restart_reason, None
         comp.probe_error = None
         comp.metrics = {}
         has_probe = comp.probes
@@ -273,7 +283,7 @@ class Runner:
             nursery.cancel_scope.cancel()
         if self.record is not None:
             self.record.remove(child.pid)
-        comp.log.note(exit_text(code))
+        comp.log.note(self.containment.exit_text(comp.cfg.id, code))
         return code
 
     # -- probes ------------------------------------------------------------------
@@ -347,6 +357,18 @@ class Runner:
                                 f"not healthy {comp.cfg.start_timeout:g} s after start")
             health_log.note_change(comp, "starting", start_timed_out=True, events=self.events)
             self.notify()
+
+    def restart_for(self, comp: Component, reason: str) -> None:
+        """Restart a running component on the supervisor's own decision (memory_max)."""
+        if comp.restart_requested or comp.run_scope is None:
+            return
+        comp.log.note(reason)
+        log.warning("%s: %s", comp.cfg.id, reason)
+        if self.events is not None:
+            self.events.emit("crashed", comp.cfg.id, reason=reason, exit_code=None)
+        comp.restart_reason = reason
+        comp.restart_requested = True
+        comp.run_scope.cancel()
 
     # -- stop ----------------------------------------------------------------------
 

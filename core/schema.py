@@ -26,6 +26,8 @@ KINDS = {
     "integers": "array of integers",
     "signal": 'signal (name such as "SIGTERM", or number)',
     "choice": "string",
+    "size": 'size (string: a number with a K, M or G suffix, e.g. "512M"; or an integer '
+            'of bytes)',
 }
 
 
@@ -148,6 +150,11 @@ SERVER: tuple[Key, ...] = (
     Key("auth_failure_rate", "number", 2.0,
         "Failed token attempts per second per client address (bursts of ten seconds' "
         "worth) before every request that needs the token gets 429.", 0.01),
+    Key("cgroups", "boolean", True,
+        "Run each component in its own cgroup v2 where the supervisor can create "
+        "them (root, or a delegated subtree): a stop then ends everything the component "
+        "started, however it detached, and its figures count its whole tree. false "
+        "keeps process-group containment. See docs/containment.md."),
 )
 
 COMPONENT: tuple[Key, ...] = (
@@ -209,6 +216,15 @@ COMPONENT: tuple[Key, ...] = (
         "running component, once per burst of changes (0.5 s without a change), with a "
         "restart event. For development; changes in the component's own data "
         "directory and log files are ignored."),
+    Key("memory_max", "size", None,
+        "Memory of the component's whole process tree above which it is restarted, "
+        "once it stays above for 2 probes in a row (the reason goes to `error` and "
+        "the log). Where cgroup v2 has the memory controller, also the kernel's "
+        "memory.max: past it the kernel kills, reported as an OOM kill."),
+    Key("cpu_max", "number", None,
+        "CPU the component's tree may use, in cores (0.5: half of one core); the "
+        "kernel's cpu.max of its cgroup where cgroup v2 has the cpu controller, "
+        "otherwise not enforced (the log says so once).", 0.01, 1024),
 )
 
 AUTH: tuple[Key, ...] = (

@@ -42,6 +42,7 @@ import trio
 from core import config as config_mod
 from core.component import Component
 from core.config import ComponentConfig, Config
+from core.containment import Containment
 from core.errors import ConfigError, ShuttingDown, UnknownComponent
 from core.logs import LogTail
 from core.model import ComponentInfo
@@ -75,12 +76,15 @@ class Supervisor:
     """The components' public API, and the snapshot tick."""
 
     def __init__(self, config: Config, plugins: PluginManager, hub: Hub | None = None, *,
-                 record: RunRecord | None = None, events: EventLog | None = None) -> None:
+                 record: RunRecord | None = None, events: EventLog | None = None,
+                 containment: Containment | None = None) -> None:
         self.plugins = plugins
         self.hub = hub
         self.record = record
         self.events = events
         self._runner = Runner(config, plugins, record, events)
+        if containment is not None:
+            self._runner.containment = containment
         self._components = self._runner.components
         self._stats = StatsReader()
         self._last_stats = SystemStats(cpu_percent=0.0, memory_percent=0.0, processes={})
@@ -188,6 +192,7 @@ class Supervisor:
             await self._runner.stop_many(removed, old)
             for cid in removed:
                 comp = self._components.pop(cid)
+                self._runner.containment.remove(cid)
                 comp.removed = True
                 if comp.task_scope is not None:
                     comp.task_scope.cancel()
@@ -198,6 +203,7 @@ class Supervisor:
                 relaunch = not comp.cfg.same_launch(cfg)
                 comp.cfg = cfg
                 comp.info = self._info(cfg)
+                comp.limits = self._runner.containment.limits(cfg)
                 if relaunch and comp.state in (S.RUNNING, S.STARTING):
                     await self.restart(cid)
                 elif relaunch and cfg.autostart and comp.state in (S.STOPPED, S.ERROR):
@@ -222,6 +228,7 @@ class Supervisor:
         self._shutting_down = True
         self._watchers.stop_all()
         await self._runner.stop_many(list(self._components), self.config)
+        self._runner.containment.close()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start the component tasks and autostart components, then tick forever."""
@@ -279,20 +286,24 @@ class Supervisor:
         nursery = self._runner.nursery
         assert nursery is not None
         pids = []
+        trees = []  # whose figures count the whole tree (core.containment)
+        contained = self._runner.containment.tree is not None
         for comp in self._components.values():
             pid = comp.pid
             if pid is None:
                 continue
             pids.append(pid)
+            if contained or comp.cfg.memory_max is not None:
+                trees.append((comp.cfg.id, pid, comp.cfg.memory_max))
             if comp.probes and comp.probe_busy_since is None:  # else: still within its timeout
                 ev = trio.Event()
                 done.append(ev)
                 nursery.start_soon(self._runner.probe, comp, ev)
         if len(pids) <= INLINE_STATS:
             # Two /proc reads a child: cheaper here than the hop to a thread and back.
-            stats = self._read_stats(pids)
+            stats = self._read_stats(pids, trees)
         else:
-            stats = await trio.to_thread.run_sync(self._read_stats, pids)
+            stats = await trio.to_thread.run_sync(self._read_stats, pids, trees)
         with trio.move_on_after(deadline):
             for ev in done:
                 await ev.wait()
@@ -324,6 +335,8 @@ class Supervisor:
                 comp.cpu_percent = comp.memory_mb = None
             else:
                 comp.cpu_percent, comp.memory_mb = ps.cpu_percent, ps.memory_mb
+                if comp.cfg.memory_max is not None:
+                    self._memory_guard(comp)
             if pid is not None and comp.metrics:
                 metrics.append(comp.metrics)
             comp.last_updated = now
@@ -334,12 +347,22 @@ class Supervisor:
             self.hub.publish(doc)
         return doc
 
-    def _read_stats(self, pids: list[int]) -> SystemStats:
+    def _memory_guard(self, comp: Component) -> None:
+        assert comp.cfg.memory_max is not None
+        reason = self._runner.containment.memory_over(comp.cfg.id, comp.memory_mb,
+                                                      comp.cfg.memory_max)
+        if reason is not None and comp.state == S.RUNNING:
+            self._runner.restart_for(comp, reason)
+
+    def _read_stats(self, pids: list[int],
+                    trees: list[tuple[str, int, int | None]] | None = None) -> SystemStats:
         # Adopted orphans (we are a subreaper) are reaped here; the pass over
         # /proc this takes happens only when some child of ours is a zombie.
         try:
             reap_orphans()
             stats = self._stats.read(pids)
+            if trees:
+                stats = self._runner.containment.figures(trees, stats)
         except OSError as exc:
             if exc.errno not in _RESOURCE_ERRNOS:
                 raise
@@ -425,7 +448,9 @@ class Supervisor:
         path: Path | None = server.log_dir / f"{cfg.id}.log"
         tail = LogTail(path, lines=server.log_lines, max_bytes=server.log_max_bytes,
                        backups=server.log_backups)
-        return Component(cfg=cfg, info=self._info(cfg), log=tail)
+        containment = self._runner.containment
+        return Component(cfg=cfg, info=self._info(cfg), log=tail, containment=containment.kind,
+                         limits=containment.limits(cfg))
 
 
 def load_guarded(path: str | Path, plugins: PluginManager) -> Config:

@@ -26,7 +26,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["name", "state", "pid", "uptime", "cpu_percent", "memory_mb", "error",
                      "last_updated", "plugin", "restarts", "exit_code", "health",
-                     "next_restart_in", "depends_on", "metrics"],
+                     "next_restart_in", "depends_on", "metrics", "containment", "limits"],
         "properties": {
             "name": {"type": "string"},
             "state": _STATE,
@@ -46,6 +46,16 @@ SCHEMAS: dict[str, Any] = {
                         "from its probe; names match [a-z_][a-z0-9_]*.",
                         "propertyNames": {"pattern": "^[a-z_][a-z0-9_]*$"},
                         "additionalProperties": {"type": "number"}},
+            "containment": {"enum": ["cgroup", "process-group"],
+                            "description": "What ends everything the component started: "
+                            "its cgroup v2, or its process group and descendants."},
+            "limits": {"type": "object", "description": "memory_max and cpu_max as in "
+                       "effect, and who enforces each (kernel, supervisor or null); {} "
+                       "without limits.",
+                       "properties": {"memory_max_mb": {"type": "number"},
+                                      "memory_max_by": {"enum": ["kernel", "supervisor"]},
+                                      "cpu_max": {"type": "number"},
+                                      "cpu_max_by": {"enum": ["kernel", None]}}},
         },
     },
     "ComponentWithId": {

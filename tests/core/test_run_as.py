@@ -225,3 +225,40 @@ async def test_a_child_as_nobody_writes_in_its_own_data_directory():
             made = (data / "made.txt").stat()
         assert data.stat().st_uid == NOBODY.pw_uid
         assert made.st_uid == NOBODY.pw_uid and made.st_mode & 0o777 == 0o600  # umask 077
+
+
+@needs_root
+@pytest.mark.parametrize("wrapper", [True, False], ids=["setpriv", "preexec"])
+async def test_a_child_as_another_user_joins_its_cgroup_first(tmp_path, monkeypatch, wrapper):
+    """Only root may move a process into our cgroups: the child joins, then switches."""
+    import uuid
+
+    from core.containment import Containment
+    from core.supervisor import Supervisor
+
+    containment = Containment.open(f"runas-{uuid.uuid4().hex[:8]}", enabled=True)
+    if containment.tree is None:
+        pytest.skip(f"cgroups cannot be made here: {containment.reason}")
+    monkeypatch.setattr(spawn, "use_wrapper", None if wrapper else False)
+    path = sleeper_config(tmp_path, 'user = "nobody"')
+    plugins = PluginManager(load_entry_points=False)
+    sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins,
+                     containment=containment)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            try:
+                pid = await running_pid(sup)
+                assert sup.view("job")["containment"] == "cgroup"
+                assert status(pid)["Uid"].split() == [str(NOBODY.pw_uid)] * 4
+                with open(f"/proc/{pid}/cgroup") as f:
+                    line = next(x for x in f.read().splitlines() if x.startswith("0::"))
+                assert line.endswith("/job") or "/job/" in line, line
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    assert f.read().split(b"\0")[0] == b"sleep"  # the program itself, exec'd
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(15):
+                    await sup.shutdown()
+                nursery.cancel_scope.cancel()
+    finally:
+        containment.close()

@@ -28,7 +28,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from tests.faults.helpers import Core
+from tests.faults.helpers import Core, end_cgroups
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,9 @@ class CoreServer:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(5)
+            code = self.proc.wait(5)
+            end_cgroups(self.data_dir)  # a SIGKILLed supervisor leaves its cgroups
+            return code
 
 
 _ANNOUNCE = re.compile(r"Control Center dashboard: https?://127\.0\.0\.1:(\d+)/")

@@ -217,6 +217,24 @@ class Core:
         for proc in self.leftovers():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+        end_cgroups(self.config.parent / "data")
+
+
+def end_cgroups(data_dir: Path) -> None:
+    """End and remove the cgroups of the supervisor of `data_dir` (a SIGKILLed one leaves them)."""
+    from core import cgroup
+    from core.remotes import INSTANCE_ID_FILE
+
+    mount, own = cgroup.find_mount(), cgroup.own_cgroup()
+    try:
+        instance = (data_dir / INSTANCE_ID_FILE).read_text().strip()
+    except OSError:
+        return
+    if mount is None or own is None:
+        return
+    base = mount / own.lstrip("/") / f"control-center-{instance}"
+    if base.is_dir():
+        cgroup.Tree(base, frozenset(), None).close()
 
 
 def plugin_site(tmp_path: Path) -> Path:

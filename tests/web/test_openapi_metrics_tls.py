@@ -78,7 +78,8 @@ async def test_schema_catches_a_wrong_document(tmp_path):
     bad = {"name": "x", "state": "backoff", "pid": None, "uptime": None, "cpu_percent": None,
            "memory_mb": None, "error": None, "last_updated": "2025-10-17T05:00:00Z",
            "plugin": "process", "restarts": 0, "exit_code": None, "health": None,
-           "next_restart_in": None, "depends_on": [], "metrics": {}}
+           "next_restart_in": None, "depends_on": [], "metrics": {},
+           "containment": "process-group", "limits": {}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
     jsonschema.Draft202012Validator(schema).validate({**bad, "state": "running"})

@@ -1,0 +1,186 @@
+"""How components are contained: a cgroup each (core.cgroup) where allowed, else process groups.
+
+One Containment per supervisor. It hands each run its cgroup, reads the
+figures of each component's whole tree, keeps the memory_max guard (restart
+after MEMORY_PROBES probes in a row above the limit: PM2's
+max_memory_restart, superlance's memmon) and says once in the log what it
+cannot do here (no cgroups, or no kernel limits).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from core.cgroup import Group, Tree, open_tree, rss_bytes
+from core.component import exit_text
+from core.proctable import descendant_pids, scan
+from core.snapshot import ProcessStats, SystemStats
+from core.spawn import SpawnError
+
+if TYPE_CHECKING:
+    from core.config import ComponentConfig
+
+log = logging.getLogger("control_center")
+
+#: Probes (ticks) in a row above memory_max before the restart.
+MEMORY_PROBES = 2
+CGROUP = "cgroup"
+PROCESS_GROUP = "process-group"
+
+
+def size_text(size: int) -> str:
+    """Bytes as the config spells them: 536870912 -> "512M"."""
+    for unit, scale in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size / 2**20:.1f}M"
+
+
+class Containment:
+    """Cgroups for the components (`tree`), or none and why (`reason`)."""
+
+    def __init__(self, tree: Tree | None = None, reason: str = "not asked for") -> None:
+        self.tree = tree
+        #: Why there is no tree, or why its cpu/memory controllers are missing ("" if not).
+        self.reason = reason
+        self.kind = CGROUP if tree is not None else PROCESS_GROUP
+        self._warned: set[str] = set()
+        self._cpu: dict[str, tuple[int, float]] = {}
+        self._over: dict[str, int] = {}
+        self._oom_base: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, instance: str, *, enabled: bool) -> Containment:
+        """Cgroups under this process's own, if it can make them; logs once why not."""
+        if not enabled:
+            reason = "[server] cgroups = false"
+            tree = None
+        else:
+            tree, reason = open_tree(f"control-center-{instance}")
+        if tree is None:
+            log.log(logging.INFO if not enabled else logging.WARNING,
+                    "containment: process groups (cgroups are not used: %s)", reason)
+        else:
+            log.info("containment: a cgroup per component under %s", tree.base)
+        return cls(tree, reason)
+
+    # -- limits ----------------------------------------------------------------
+
+    def enforced(self, controller: str) -> bool:
+        return self.tree is not None and controller in self.tree.controllers
+
+    def limits(self, cfg: ComponentConfig) -> dict[str, Any]:
+        """The component's limits as in the snapshot ({} without any)."""
+        out: dict[str, Any] = {}
+        if cfg.memory_max is not None:
+            out["memory_max_mb"] = round(cfg.memory_max / 2**20, 1)
+            out["memory_max_by"] = "kernel" if self.enforced("memory") else "supervisor"
+        if cfg.cpu_max is not None:
+            out["cpu_max"] = cfg.cpu_max
+            out["cpu_max_by"] = "kernel" if self.enforced("cpu") else None
+        return out
+
+    def _warn_limits(self, cfg: ComponentConfig) -> None:
+        why = self.reason or "no cgroups"
+        if cfg.memory_max is not None and not self.enforced("memory") and (
+                "memory" not in self._warned):
+            self._warned.add("memory")
+            log.warning("memory_max: the kernel limit (memory.max) is not available (%s); "
+                        "the supervisor restarts a component above it by its own measure",
+                        why)
+        if cfg.cpu_max is not None and not self.enforced("cpu") and "cpu" not in self._warned:
+            self._warned.add("cpu")
+            log.warning("cpu_max: not enforced, the kernel limit (cpu.max) is not available "
+                        "(%s)", why)
+
+    # -- runs ------------------------------------------------------------------
+
+    def new_run(self, cfg: ComponentConfig) -> Group | None:
+        """A fresh cgroup for the next run of `cfg` (None: process groups); SpawnError."""
+        self._warn_limits(cfg)
+        self._over.pop(cfg.id, None)
+        if self.tree is None:
+            return None
+        try:
+            leaf = self.tree.new_run(cfg.id, cfg.memory_max, cfg.cpu_max)
+        except OSError as exc:
+            raise SpawnError(f"cannot prepare the cgroup of {cfg.id} under {self.tree.base}: "
+                             f"{exc.strerror or exc}") from None
+        if self.enforced("memory"):
+            self._oom_base[cfg.id] = self.tree.group(cfg.id).oom_kills()
+        return leaf
+
+    def exit_text(self, cid: str, code: int | None) -> str:
+        """How a run ended, "out of memory" included when the kernel's OOM killer did it."""
+        text = exit_text(code)
+        if self.tree is not None and cid in self._oom_base:
+            if self.tree.group(cid).oom_kills() > self._oom_base[cid]:
+                text += " (out of memory: the kernel's OOM killer, at memory_max)"
+        return text
+
+    def remove(self, cid: str) -> None:
+        """A component removed (reload): end and remove its cgroup."""
+        self._cpu.pop(cid, None)
+        self._over.pop(cid, None)
+        self._oom_base.pop(cid, None)
+        if self.tree is not None and not self.tree.group(cid).end():
+            log.warning("the cgroup of %s could not be removed", cid)
+
+    def close(self) -> None:
+        """At shutdown: every cgroup left is ended and removed."""
+        if self.tree is not None:
+            self.tree.close()
+
+    # -- figures ---------------------------------------------------------------
+
+    def figures(self, rows: Iterable[tuple[str, int, int | None]],
+                stats: SystemStats) -> SystemStats:
+        """`stats` with each component's figures counted over its whole tree.
+
+        rows: (component id, leader pid, memory_max). In a cgroup: CPU from
+        cpu.stat, memory from memory.current (with the memory controller) or
+        the resident memory of its processes. Without cgroups only memory, and
+        only for a component with memory_max (its descendants in /proc).
+        """
+        procs = dict(stats.processes)
+        now = time.monotonic()
+        table = None
+        for cid, pid, memory_max in rows:
+            seen = procs.get(pid)
+            if seen is None:
+                continue
+            if self.tree is not None:
+                group = self.tree.group(cid)
+                usec = group.cpu_usec()
+                cpu = seen.cpu_percent
+                if usec is not None:
+                    before = self._cpu.get(cid)
+                    cpu = 0.0
+                    if before is not None and now > before[1] and usec >= before[0]:
+                        cpu = round((usec - before[0]) / 1e4 / (now - before[1]), 1)
+                    self._cpu[cid] = (usec, now)
+                memory = group.memory_bytes(self.enforced("memory"),
+                                            (pid, round(seen.memory_mb * 2**20)))
+                procs[pid] = ProcessStats(cpu_percent=cpu, memory_mb=round(memory / 2**20, 1))
+            elif memory_max is not None:
+                table = table or scan()
+                tree = [pid, *descendant_pids(pid, table.parents)]
+                procs[pid] = ProcessStats(cpu_percent=seen.cpu_percent,
+                                          memory_mb=round(rss_bytes(tree) / 2**20, 1))
+        return SystemStats(cpu_percent=stats.cpu_percent,
+                           memory_percent=stats.memory_percent, processes=procs)
+
+    def memory_over(self, cid: str, memory_mb: float | None, memory_max: int) -> str | None:
+        """The reason to restart, once the tree stayed above memory_max MEMORY_PROBES times."""
+        if memory_mb is None or memory_mb * 2**20 <= memory_max:
+            self._over.pop(cid, None)
+            return None
+        count = self._over[cid] = self._over.get(cid, 0) + 1
+        if count < MEMORY_PROBES:
+            return None
+        self._over.pop(cid, None)
+        return (f"memory {memory_mb:.1f} MB above memory_max = {size_text(memory_max)} for "
+                f"{count} probes in a row: restarted")
