@@ -134,7 +134,7 @@ class Component:
         if running:
             assert child is not None
             started = self.started_at
-            return {
+            entry = {
                 "name": cfg.name, "state": self.state.value, "pid": child.pid,
                 "uptime": round(mono - started, 1) if started else None,
                 "cpu_percent": cpu, "memory_mb": memory,
@@ -143,13 +143,17 @@ class Component:
                 "health": self.health, "next_restart_in": next_in, "depends_on": self._deps,
                 "metrics": dict(self.metrics),
             }
-        return {
-            "name": cfg.name, "state": self.state.value, "pid": None, "uptime": None,
-            "cpu_percent": None, "memory_mb": None, "error": error, "last_updated": stamp,
-            "plugin": cfg.plugin, "restarts": self.restarts, "exit_code": self.exit_code,
-            "health": None, "next_restart_in": next_in, "depends_on": self._deps,
-            "metrics": {},
-        }
+        else:
+            entry = {
+                "name": cfg.name, "state": self.state.value, "pid": None, "uptime": None,
+                "cpu_percent": None, "memory_mb": None, "error": error,
+                "last_updated": stamp, "plugin": cfg.plugin, "restarts": self.restarts,
+                "exit_code": self.exit_code, "health": None, "next_restart_in": next_in,
+                "depends_on": self._deps, "metrics": {},
+            }
+        if cfg.instance_of is not None:  # one of `instances = N` (core.instances)
+            entry["instance_of"] = cfg.instance_of
+        return entry
 
 
 async def call_hook(plugins: PluginManager, comp: Component, hook: str, *, timeout: float,
