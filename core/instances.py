@@ -85,11 +85,17 @@ def groups(configs: Iterable[ComponentConfig]) -> dict[str, list[str]]:
 
 
 def check_count(value: Any) -> int:
-    """A scale request's count, or ScaleError saying what was expected."""
+    """A scale request's count, or ScaleError saying what was expected.
+
+    12.0 is 12 (JSON Schema counts it an integer); 2.5, "3", true are refused.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        kind = "nothing" if value is None else type(value).__name__
+        got = "null" if value is None else repr(value) if isinstance(
+            value, bool | float | str) else f"a JSON {type(value).__name__}"
         raise ScaleError(f"instances: expected an integer from 0 to {MAX_INSTANCES}, got "
-                         f"{kind if not isinstance(value, int | float | str) else repr(value)}")
+                         f"{got[:40]}")
     if not 0 <= value <= MAX_INSTANCES:
         raise ScaleError(f"instances: expected an integer from 0 to {MAX_INSTANCES}, got "
                          f"{value}")
