@@ -8,6 +8,7 @@ shapes the answer as the contract says.
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -195,11 +196,12 @@ class Handlers:
 async def scale_body(request: Request) -> bytes:
     """A scale request's body, read up to SCALE_BODY_MAX; ScaleError past it."""
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > SCALE_BODY_MAX:
-            raise ScaleError(f"the body is larger than {SCALE_BODY_MAX} bytes; send "
-                             '{"instances": N}')
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > SCALE_BODY_MAX:
+                raise ScaleError(f"the body is larger than {SCALE_BODY_MAX} bytes; send "
+                                 '{"instances": N}')
     return body
 
 
