@@ -201,13 +201,14 @@ COMPONENT: tuple[Key, ...] = (
         "Quick failures in a row before giving up (state \"error\") until a start "
         "request.", 1, 1_000_000),
     Key("instances", "integer", 1,
-        "Processes of this component, each its own entry ID.0 ... ID.N-1 in the snapshot "
-        "(with \"instance_of\": \"ID\"); \"{instance}\" in the plugin's command, cwd "
-        "and env values is replaced by the index, and CONTROL_CENTER_INSTANCE holds it in "
-        "each child's environment. Without the key the component is one entry ID as "
-        "always; with it (1 included) its entries are numbered. depends_on = [\"ID\"] "
-        "waits for every instance; POST /api/components/ID/scale changes the count until "
-        "the next reload.", 0, MAX_INSTANCES, default_text="1 (one entry ID, not numbered)"),
+        "Processes of this component, each its own entry ID.0 ... ID.N-1 in the "
+        "snapshot (with \"instance_of\": \"ID\"); \"{instance}\" in the plugin's "
+        "command, cwd and env values and in health_cmd is replaced by the index, and "
+        "CONTROL_CENTER_INSTANCE holds it in each child's environment. Without the key "
+        "the component is one entry ID as always; with it (1 included) its entries are "
+        "numbered. depends_on = [\"ID\"] waits for every instance; POST "
+        "/api/components/ID/scale changes the count until the next reload.",
+        0, MAX_INSTANCES, default_text="1 (one entry ID, not numbered)"),
 )
 
 AUTH: tuple[Key, ...] = (
