@@ -274,9 +274,10 @@ def _scale(components: int, seconds: float, directory: Path,
         time.sleep(seconds)
         cpu, wall = sum(sup.cpu_times()[:2]) - cpu0, time.monotonic() - t0
         took = [status() for _ in range(20)]
+        rss = sup.memory_info().rss / 2**20
         rescale = _rescale(port, components, status) if instances else {}
         return {**rescale, "all_running_s": all_running, "running": running,
-                "idle_cpu": 100 * cpu / wall, "rss_mb": sup.memory_info().rss / 2**20,
+                "idle_cpu": 100 * cpu / wall, "rss_mb": rss,
                 "status_p50_ms": statistics.median(t for t, _ in took),
                 "snapshot_kb": len(took[-1][1]) / 1024}
     finally:

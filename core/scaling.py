@@ -10,6 +10,7 @@ when their launch changed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("control_center")
 
 S = ComponentState
+#: Surplus instances of a scale stop this many at a time, from the highest
+#: index down, each wave gone before the next. One at a time took 31 ms per
+#: instance with 1,000 running (every stop reads the whole process table;
+#: stops at once share one read): 31 s to scale 1,000 to 0.
+STOP_WAVE = 16
 
 
 class Scaling:
@@ -97,8 +103,9 @@ class Scaling:
         """Run `count` instances of `cid` until the next reload; its view after.
 
         New instances start; surplus ones stop from the highest index down,
-        each gone before the next is asked. ScaleError (nothing changed) for a
-        bad count or an instance's id; UnknownComponent for an unknown id.
+        STOP_WAVE at a time, all gone before this returns. ScaleError (nothing
+        changed) for a bad count or an instance's id; UnknownComponent for an
+        unknown id.
         """
         count = instances.check_count(count)
         if cid not in self.config.components:
@@ -109,6 +116,9 @@ class Scaling:
         if self._shutting_down:
             raise ShuttingDown(cid)
         async with self._reload_lock:
+            if self._shutting_down or cid not in self.config.components:
+                # Began, or a reload removed it, while this waited for the lock.
+                raise ShuttingDown(cid) if self._shutting_down else UnknownComponent(cid)
             cfg = self.config.components[cid]
             plain = cfg.instances is None and cid not in self._counts
             if not (plain and count == 1):  # a plain one already runs one process
@@ -126,9 +136,9 @@ class Scaling:
     async def _apply(self, new: Config, *, scaled: bool = False) -> None:
         """Make the run-time components those of `new` with the scale counts.
 
-        With `scaled` (a scale request), surplus instances stop one at a time
-        from the highest index down and new ones start whatever autostart
-        says; otherwise (a reload) removed ones stop dependents first, like a
+        With `scaled` (a scale request), surplus instances stop in waves from
+        the highest index down and new ones start whatever autostart says;
+        otherwise (a reload) removed ones stop dependents first, like a
         shutdown, and new ones start when autostart says so.
         """
         target = instances.runtime(new, self._counts)
@@ -137,9 +147,11 @@ class Scaling:
         changed = [c for c in target if c in current and current[c].cfg != target[c]]
         added = [c for c in target if c not in current]
         if scaled:
-            for cid in sorted(removed, key=lambda c: current[c].cfg.instance or 0,
-                              reverse=True):
-                await self.stop(cid, wait=True)
+            surplus = sorted(removed, key=lambda c: current[c].cfg.instance or 0, reverse=True)
+            for at in range(0, len(surplus), STOP_WAVE):
+                async with trio.open_nursery() as wave:
+                    for cid in surplus[at:at + STOP_WAVE]:
+                        wave.start_soon(functools.partial(self.stop, cid, wait=True))
         else:
             await self._runner.stop_many(removed)
         for cid in removed:

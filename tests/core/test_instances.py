@@ -14,6 +14,7 @@ from core import instances
 from core.config import ConfigError, load
 from core.errors import UnknownComponent
 from core.instances import ScaleError
+from core.scaling import STOP_WAVE
 
 from .helpers_process import alive, wait_gone
 from .test_component_keys import supervising
@@ -83,12 +84,20 @@ async def test_three_instances_scaled_to_five_then_one(tmp_path):
 
 async def test_surplus_instances_stop_from_the_highest_index_down(tmp_path):
     order: list[str] = []
-    async with supervising(write(tmp_path, web(4))) as sup:
-        await until(running(sup, 4))
+    n = 2 * STOP_WAVE + 5
+    sleep = '["sleep", "600"]'  # the program itself: cheaper than n Pythons
+    body = f'[components.web]\nplugin = "process"\ncommand = {sleep}\ninstances = {n}\n'
+    async with supervising(write(tmp_path, body)) as sup:
+        await until(running(sup, n))
         sup.add_listener(lambda cid, old, new: order.append(cid)
                          if new.value == "stopped" else None)
         await sup.scale("web", 1)
-    assert order[:3] == ["web.3", "web.2", "web.1"]
+        assert sup.component_ids() == ["web.0"]
+    # In waves of STOP_WAVE from the top: each wave gone before the next is asked.
+    stopped = [int(cid.split(".")[1]) for cid in order[:n - 1]]
+    assert sorted(stopped) == list(range(1, n))
+    waves = [(n - 1 - k) // STOP_WAVE for k in stopped]
+    assert waves == sorted(waves), stopped
 
 
 async def test_instance_index_reaches_the_child(tmp_path):
@@ -247,3 +256,18 @@ def test_expand_substitutes_only_the_instance_keys():
     assert (one.id, one.instance_of, one.instance, one.instances) == ("w.1", "w", 1, None)
     assert dict(one.options) == {"command": ["a1"], "cwd": "c1", "env": {"A": "1"},
                                  "port": "{instance}"}
+
+
+def test_a_notifier_for_a_component_hears_its_instances():
+    from core.events import Event
+    from core.notify import Notifier, NotifyConfig
+
+    notifier = Notifier(NotifyConfig(name="n", kind="command", events=("crashed",),
+                                     components=("web",), command=("true",)))
+
+    def event(cid: str | None) -> Event:
+        return Event(id=1, kind="crashed", time=0.0, component=cid, data={})
+
+    assert notifier.wants(event("web")) and notifier.wants(event("web.3"))
+    assert not notifier.wants(event("webby")) and not notifier.wants(event("api.0"))
+    assert not notifier.wants(event(None))
