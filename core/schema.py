@@ -276,7 +276,7 @@ def reference() -> str:
     parts += ["", "## `[auth]`", "",
               "JSON Web Tokens with roles. A token carries `sub`, `exp` and `role`:\n"
               "`viewer` (the page, GET endpoints, /ws), `operator` (also start, stop,\n"
-              "restart) or `admin` (also reload). `[server] token` keeps working and\n"
+              "restart, scale) or `admin` (also reload). `[server] token` keeps working and\n"
               "means admin. Without `[auth]` and `[server] token` nothing is asked.", ""]
     parts += [_entry(k) for k in AUTH]
     parts += ["", "## Plugin keys", "", _PLUGIN_KEYS, ""]
