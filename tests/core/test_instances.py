@@ -14,7 +14,7 @@ from core import instances
 from core.config import ConfigError, load
 from core.errors import UnknownComponent
 from core.instances import ScaleError
-from core.scaling import STOP_WAVE
+from core.scaling import STOP_WAVE, STOP_WAVES
 
 from .helpers_process import alive, wait_gone
 from .test_component_keys import supervising
@@ -96,6 +96,7 @@ async def test_surplus_instances_stop_from_the_highest_index_down(tmp_path):
     # In waves of STOP_WAVE from the top: each wave gone before the next is asked.
     stopped = [int(cid.split(".")[1]) for cid in order[:n - 1]]
     assert sorted(stopped) == list(range(1, n))
+    assert n - 1 <= STOP_WAVE * STOP_WAVES  # so the waves are STOP_WAVE each
     waves = [(n - 1 - k) // STOP_WAVE for k in stopped]
     assert waves == sorted(waves), stopped
 
