@@ -105,7 +105,7 @@ class Scaling:
         """Run `count` instances of `cid` until the next reload; its view after.
 
         New instances start; surplus ones stop from the highest index down,
-        STOP_WAVE at a time, all gone before this returns. ScaleError (nothing
+        in waves (STOP_WAVE), all gone before this returns. ScaleError (nothing
         changed) for a bad count or an instance's id; UnknownComponent for an
         unknown id.
         """
