@@ -95,7 +95,7 @@ SCHEMAS: dict[str, Any] = {
             {"$ref": "#/components/schemas/ComponentGroup"}]}},
     },
     "ScaleRequest": {
-        "type": "object", "required": ["instances"],
+        "type": "object", "required": ["instances"], "additionalProperties": False,
         "properties": {"instances": {"type": "integer", "minimum": 0,
                                      "maximum": MAX_INSTANCES}},
     },

@@ -214,4 +214,7 @@ async def _scale_body(request: Request) -> Any:
         raise ScaleError('expected a JSON body {"instances": N}') from None
     if not isinstance(doc, dict) or "instances" not in doc:
         raise ScaleError('expected a JSON object with the key "instances": {"instances": N}')
+    extra = sorted(k for k in doc if k != "instances")
+    if extra:
+        raise ScaleError(f"unknown key {extra[0][:40]!r}: send {{\"instances\": N}} alone")
     return doc["instances"]

@@ -85,6 +85,7 @@ async def test_scale_over_rest(tmp_path):
                 ({"instances": "3"}, "got '3'"),
                 ({"instances": None}, "got null"),
                 ({"count": 3}, 'the key "instances"'),
+                ({"instances": 3, "force": True}, "unknown key 'force'"),
                 ([3], 'the key "instances"'),
             ]
             for body, words in cases:
