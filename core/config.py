@@ -93,7 +93,12 @@ class ComponentConfig:
     #: Bytes (memory_max) and cores (cpu_max); None: no limit.
     memory_max: int | None = None
     cpu_max: float | None = None
+    #: None: no `instances` key, one plain entry `ID`; N: entries `ID.0` ... (core.instances).
+    instances: int | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Set on the configs of instances only: the component's id, and this one's index.
+    instance_of: str | None = None
+    instance: int | None = None
 
     def same_launch(self, other: ComponentConfig) -> bool:
         """True when nothing but presentation (name, watch) differs: no restart needed."""
@@ -370,6 +375,8 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         r = _Reader(path, f"components.{cid}", table)
     values = {k.name: _read(r, k, path.parent) for k in schema.COMPONENT
               if k.name not in ("plugin", "name")}
+    if "instances" not in table:
+        values["instances"] = None
     if any("\0" in arg for arg in values["health_cmd"]) or (
             "health_cmd" in table and not values["health_cmd"]):
         raise r.error("health_cmd", "expected a non-empty command without NUL bytes")

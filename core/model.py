@@ -59,6 +59,11 @@ class ComponentInfo:
       the environment of every ``Launch`` beneath ``Launch.env``; a plugin
       whose work runs elsewhere (a container) passes them on beneath its own
       variables. Default: empty.
+    - ``memory_max`` (int bytes or None): the component's ``memory_max`` (the
+      core's key). The core restarts a component whose tree stays above it
+      (and sets the kernel's limit on its cgroup where it can); a plugin whose
+      work runs elsewhere (a container) also hands it to that engine.
+      Default None: no limit.
     """
 
     id: str
@@ -69,6 +74,7 @@ class ComponentInfo:
     config_dir: Path = Path(".")
     stop_timeout: float = 10.0
     env_file_env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    memory_max: int | None = None
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,9 @@ class Notifier:
 
     def wants(self, event: Event) -> bool:
         c = self.config
-        return event.kind in c.events and (c.components is None or event.component in c.components)
+        # An instance ID.K is told to whoever asked for its component ID.
+        return event.kind in c.events and (c.components is None or (
+            event.component or "").partition(".")[0] in c.components)
 
     async def run(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         """Consume events until cancelled; summaries leave when their interval ends."""

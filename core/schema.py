@@ -157,6 +157,11 @@ SERVER: tuple[Key, ...] = (
         "keeps process-group containment. See docs/containment.md."),
 )
 
+#: The most instances one component may have, in config.toml and at run time.
+MAX_INSTANCES = 1000
+#: The keys of a plugin's options in which "{instance}" is replaced by the index.
+INSTANCE_KEYS = ("command", "cwd", "env")
+
 COMPONENT: tuple[Key, ...] = (
     Key("plugin", "string", None,
         "Required. The plugin that drives this component: the name of its entry "
@@ -225,6 +230,15 @@ COMPONENT: tuple[Key, ...] = (
         "CPU the component's tree may use, in cores (0.5: half of one core); the "
         "kernel's cpu.max of its cgroup where cgroup v2 has the cpu controller, "
         "otherwise not enforced (the log says so once).", 0.01, 1024),
+    Key("instances", "integer", 1,
+        "Processes of this component, each its own entry ID.0 ... ID.N-1 in the "
+        "snapshot (with \"instance_of\": \"ID\"); \"{instance}\" in the plugin's "
+        "command, cwd and env values and in health_cmd is replaced by the index, and "
+        "CONTROL_CENTER_INSTANCE holds it in each child's environment. Without the key "
+        "the component is one entry ID as always; with it (1 included) its entries are "
+        "numbered. depends_on = [\"ID\"] waits for every instance; POST "
+        "/api/components/ID/scale changes the count until the next reload.",
+        0, MAX_INSTANCES, default_text="1 (one entry ID, not numbered)"),
 )
 
 AUTH: tuple[Key, ...] = (
@@ -297,7 +311,7 @@ def reference() -> str:
     parts += ["", "## `[auth]`", "",
               "JSON Web Tokens with roles. A token carries `sub`, `exp` and `role`:\n"
               "`viewer` (the page, GET endpoints, /ws), `operator` (also start, stop,\n"
-              "restart) or `admin` (also reload). `[server] token` keeps working and\n"
+              "restart, scale) or `admin` (also reload). `[server] token` keeps working and\n"
               "means admin. Without `[auth]` and `[server] token` nothing is asked.", ""]
     parts += [_entry(k) for k in AUTH]
     parts += ["", "## Plugin keys", "", _PLUGIN_KEYS, ""]

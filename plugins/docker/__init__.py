@@ -80,7 +80,8 @@ def start(component: ComponentInfo) -> Launch:
     started = engine.create_and_start(
         component_id=component.id, instance=_instance(component), options=component.options,
         config_dir=component.config_dir, stop_timeout=stop_timeout,
-        env_file_env=getattr(component, "env_file_env", None))
+        env_file_env=getattr(component, "env_file_env", None),
+        memory_max=getattr(component, "memory_max", None))
     old = _containers.get(component.id)
     if old is not None:
         stats.forget(old)

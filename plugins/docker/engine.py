@@ -187,8 +187,17 @@ def _ensure_image(image: str, pull: str) -> None:
 
 def create_and_start(*, component_id: str, instance: str, options: Mapping[str, Any],
                      config_dir: Path, stop_timeout: float,
-                     env_file_env: Mapping[str, str] | None = None) -> Started:
-    """Remove leftovers, then create and start the component's container."""
+                     env_file_env: Mapping[str, str] | None = None,
+                     memory_max: int | None = None) -> Started:
+    """Remove leftovers, then create and start the component's container.
+
+    `memory_max` (bytes, the core's key) becomes the container's memory limit.
+    """
+    from plugins.docker.options import MIN_MEMORY
+
+    if memory_max is not None and memory_max < MIN_MEMORY:
+        raise EngineError(f"memory_max {memory_max // 2**20}M is below the engine's minimum "
+                          "for a container (6M)")
     removed = remove_leftovers(instance, component_id)
     for line in removed:
         log.warning("%s: %s", component_id, line)
@@ -200,7 +209,7 @@ def create_and_start(*, component_id: str, instance: str, options: Mapping[str, 
         network_mode=options["network"],
         port_bindings=options["ports"] or None,
         mounts=_mounts(options["mounts"], config_dir) or None,
-        mem_limit=options["memory_max"],
+        mem_limit=memory_max,
         # The restart policy is the supervisor's, not the engine's.
         restart_policy={"Name": "no"},
         log_config=docker.types.LogConfig(type="json-file", config={
