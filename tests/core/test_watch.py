@@ -205,3 +205,22 @@ def test_roots_stop_at_the_base_and_never_nest(tmp_path):
     spec = watch_mod.Spec(patterns=(f"{tmp_path}/src/**/*.py", f"{tmp_path}/src/a/*.txt"),
                           base=tmp_path, ignore_dirs=(), ignore_files=())
     assert spec.roots() == [tmp_path / "src"]
+
+
+async def test_a_reload_that_changes_only_watch_keeps_the_process_and_the_new_globs_apply(
+        tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path = config(tmp_path, 'watch = ["a/*"]')
+
+    async def body(run: Running) -> None:
+        pid = await run.running()
+        path.write_text(path.read_text().replace('watch = ["a/*"]', 'watch = ["b/*"]'))
+        assert (await run.sup.reload())["changed"] == ["job"]
+        assert run.sup.view("job")["pid"] == pid  # watch alone restarts nothing
+        (tmp_path / "a" / "x").write_text("old glob")
+        (tmp_path / "b" / "y").write_text("new glob")
+        assert await run.next_restart() == "files changed: b/y"
+        await run.running(other_than=pid)
+
+    await supervise(path, body)

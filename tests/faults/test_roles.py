@@ -188,8 +188,15 @@ def test_the_audit_trail_names_who_stopped_a_component(srv):
 
     pushed = trio.run(main)
     assert pushed["actor"] == "alice" and pushed["action"] == "stop"
-    status, body = request(srv, "GET", "/api/events?kind=control&component=a", alice)
-    assert status == 200
-    last = body["events"][-1]
+    # The store writes behind /ws (in batches, from a thread): on a busy
+    # machine the query may come first. Bounded: 10 s.
+    deadline = time.monotonic() + 10
+    while True:
+        status, body = request(srv, "GET", "/api/events?kind=control&component=a", alice)
+        assert status == 200
+        last = body["events"][-1]
+        if last["id"] >= pushed["id"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert (last["actor"], last["action"], last["component"]) == ("alice", "stop", "a")
     assert last["address"] == "127.0.0.1" and last["result"].startswith("ok")
