@@ -6,6 +6,10 @@
     python bench/core_bench.py crashloop [--seconds 10]
     python bench/core_bench.py scale [--components 1000] [--seconds 30]
 
+`tick` and `scale` take `--instances`: then the config is one component with
+`instances = N` (N = --components) instead of N components, and `scale`
+also times a run-time scale to 0 and back to N (POST .../scale).
+
 Every run is bounded in count and time, spawns only its own children and
 ends them before it returns.
 """
@@ -53,9 +57,13 @@ while time.monotonic() < deadline:
 """
 
 
-def write_config(directory: Path, components: int, *, interval: float, extra: str = "") -> Path:
+def write_config(directory: Path, components: int, *, interval: float, extra: str = "",
+                 instances: bool = False) -> Path:
     body = [f"[server]\nport = 0\ninterval = {interval}\n"]
-    for i in range(components):
+    if instances:  # one table, `components` processes
+        body.append(f'[components.c]\nplugin = "process"\ncommand = {SLEEPER}\n'
+                    f"instances = {components}\n{extra}")
+    for i in range(0 if instances else components):
         body.append(f'[components.c{i:03d}]\nplugin = "process"\ncommand = {SLEEPER}\n{extra}')
     path = directory / "config.toml"
     path.write_text("\n".join(body))
@@ -163,7 +171,8 @@ class StepTimer(trio.abc.Instrument):
 
 
 async def _tick(components: int, ticks: int, directory: Path,
-                health: bool, cgroups: bool = False) -> dict[str, float]:
+                health: bool, instances: bool = False, cgroups: bool = False
+                ) -> dict[str, float]:
     # The health-check target runs in its own process, so that accepting 200
     # connections a tick loads neither this event loop nor its GIL.
     target = subprocess.Popen([PY, "-c", LISTENER], stdout=subprocess.PIPE, text=True)
@@ -172,7 +181,8 @@ async def _tick(components: int, ticks: int, directory: Path,
     # With --health every component has a TCP health check, so every tick
     # runs 200 probe hooks in worker threads, each connecting to a listener.
     extra = f'health_tcp = "127.0.0.1:{port}"\n' if health else ""
-    cfg, plugins = load_config(write_config(directory, components, interval=3600, extra=extra))
+    cfg, plugins = load_config(write_config(directory, components, interval=3600, extra=extra,
+                                            instances=instances))
     containment = None
     if cgroups:
         containment = Containment.open(f"bench-{os.getpid()}", enabled=True)
@@ -267,10 +277,11 @@ def _crashloop(seconds: float, directory: Path) -> dict[str, float]:
             proc.kill()
 
 
-def _scale(components: int, seconds: float, directory: Path) -> dict[str, float]:
+def _scale(components: int, seconds: float, directory: Path,
+           instances: bool = False) -> dict[str, float]:
     """python -m core with `components` sleepers: start-up, status, idle, RSS."""
     port = _free_port()
-    path = write_config(directory, components, interval=2.0)
+    path = write_config(directory, components, interval=2.0, instances=instances)
     path.write_text(path.read_text().replace("port = 0", f"port = {port}"))
     began = time.monotonic()
     proc = subprocess.Popen([PY, "-m", "core", "--config", str(path)], cwd=directory,
@@ -305,8 +316,10 @@ def _scale(components: int, seconds: float, directory: Path) -> dict[str, float]
         time.sleep(seconds)
         cpu, wall = sum(sup.cpu_times()[:2]) - cpu0, time.monotonic() - t0
         took = [status() for _ in range(20)]
-        return {"all_running_s": all_running, "running": running,
-                "idle_cpu": 100 * cpu / wall, "rss_mb": sup.memory_info().rss / 2**20,
+        rss = sup.memory_info().rss / 2**20
+        rescale = _rescale(port, components, status) if instances else {}
+        return {**rescale, "all_running_s": all_running, "running": running,
+                "idle_cpu": 100 * cpu / wall, "rss_mb": rss,
                 "status_p50_ms": statistics.median(t for t, _ in took),
                 "snapshot_kb": len(took[-1][1]) / 1024}
     finally:
@@ -315,6 +328,32 @@ def _scale(components: int, seconds: float, directory: Path) -> dict[str, float]
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _rescale(port: int, components: int, status) -> dict[str, float]:
+    """Seconds for POST /api/components/c/scale to 0 (answered once all are gone),
+    then to `components` until every one runs again."""
+    def post(n: int) -> float:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        t0 = time.monotonic()
+        conn.request("POST", "/api/components/c/scale", body=json.dumps({"instances": n}),
+                     headers={"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        assert answer.status == 200, answer.status
+        return t0
+
+    t0 = post(0)
+    down = time.monotonic() - t0
+    t0 = post(components)
+    deadline = t0 + 120
+    while time.monotonic() < deadline:
+        doc = json.loads(status()[1])
+        if sum(c["state"] == "running" for c in doc["components"].values()) == components:
+            break
+        time.sleep(0.1)
+    return {"scale_down_s": down, "scale_up_s": time.monotonic() - t0}
 
 
 def _free_port() -> int:
@@ -338,6 +377,8 @@ def main() -> None:
     p.add_argument("--ticks", type=int, default=20)
     p.add_argument("--health", action="store_true",
                    help="give every component a TCP health check (probe hook per tick)")
+    p.add_argument("--instances", action="store_true",
+                   help="one component with instances = --components")
     p.add_argument("--cgroups", action="store_true", help="a cgroup per component")
     p = sub.add_parser("idle")
     p.add_argument("--components", type=int, default=50)
@@ -345,6 +386,8 @@ def main() -> None:
     p = sub.add_parser("scale")
     p.add_argument("--components", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--instances", action="store_true",
+                   help="one component with instances = --components; also time a scale")
     p = sub.add_parser("crashloop")
     p.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
@@ -366,21 +409,27 @@ def main() -> None:
                   f"min {min(lat):.2f} ms")
         elif args.what == "tick":
             r = trio.run(_tick, args.components, args.ticks, directory, args.health,
-                         args.cgroups)
+                         args.instances, args.cgroups)
             kind = "with TCP health checks" if args.health else "without health checks"
             kind += ", a cgroup each" if args.cgroups else ""
-            print(f"tick with {args.components} components {kind}, {args.ticks} ticks: "
+            what = "instances of one component" if args.instances else "components"
+            print(f"tick with {args.components} {what} {kind}, {args.ticks} ticks: "
                   f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms wall; longest "
                   f"event-loop step {r['longest_step_ms']:.2f} ms ({r['where']}; of which "
                   f"{r['longest_step_cpu_ms']:.2f} ms on the CPU); snapshot "
                   f"{r['snapshot_kb']:.0f} KB, json.dumps {r['encode_ms']:.1f} ms")
         elif args.what == "scale":
-            r = _scale(args.components, args.seconds, directory)
-            print(f"{args.components} components: {r['running']} running "
+            r = _scale(args.components, args.seconds, directory, args.instances)
+            what = "instances of one component" if args.instances else "components"
+            print(f"{args.components} {what}: {r['running']} running "
                   f"{r['all_running_s']:.1f} s after start; idle CPU {r['idle_cpu']:.2f} % "
                   f"of one core over {args.seconds:g} s; RSS {r['rss_mb']:.0f} MB; "
                   f"GET /api/status p50 {r['status_p50_ms']:.1f} ms "
                   f"({r['snapshot_kb']:.0f} KB)")
+            if args.instances:
+                print(f"run-time scale to 0: answered in {r['scale_down_s']:.1f} s (all "
+                      f"gone); back to {args.components}: all running after "
+                      f"{r['scale_up_s']:.1f} s")
         elif args.what == "crashloop":
             r = _crashloop(args.seconds, directory)
             print(f"crash loop (a restart every 0.4 s, snapshots every 0.25 s) for "

@@ -201,10 +201,13 @@ MIN_TOKEN_LENGTH = 16
 
 def reserved_descriptors(config: Config) -> int:
     """Descriptors kept from the connections: a base, and for each component its
-    pidfd, two output pipes, its log file and its kept-open /proc stat file."""
+    pidfd, two output pipes, its log file and its kept-open /proc stat file (each
+    instance of a component with `instances` counts as one)."""
     from core.web.gate import RESERVED_DESCRIPTORS
 
-    return RESERVED_DESCRIPTORS + 5 * len(config.components)
+    processes = sum(1 if c.instances is None else c.instances
+                    for c in config.components.values())
+    return RESERVED_DESCRIPTORS + 5 * processes
 
 
 def _check_resources(config: Config) -> None:

@@ -135,6 +135,19 @@ class Client:
     async def restart(self, cid: str) -> dict[str, Any]:
         return await self._control(cid, "restart")
 
+    async def scale(self, cid: str, instances: int) -> dict[str, Any]:
+        """Run `instances` processes of `cid` (until the server's next reload)."""
+        response = await self._http.post(f"/api/components/{quote(cid, safe='')}/scale",
+                                         json={"instances": instances})
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            message = body.get("error") if isinstance(body, dict) else None
+            raise ApiError(response.status_code, message or response.text[:200])
+        return body["component"]
+
     async def logs(self, cid: str, *, lines: int | None = None,
                    after: int | None = None) -> dict[str, Any]:
         return await self._call("GET", f"/api/components/{quote(cid, safe='')}/logs",

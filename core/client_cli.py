@@ -1,4 +1,5 @@
-"""Client commands of `python -m core`: status, watch, start, stop, restart, logs, reload.
+"""Client commands of `python -m core`: status, watch, start, stop, restart, scale, logs,
+reload.
 
 Each talks to a running server through core.client; exit status 0 on
 success, 1 with a one-line reason on stderr otherwise.
@@ -127,6 +128,11 @@ async def _watch(client: Client, args: argparse.Namespace) -> int:
 
 
 def _describe(view: dict[str, Any]) -> str:
+    if "instances" in view:  # a component with instances: one line for each
+        return "\n".join([f"{view.get('id')}: {view.get('state')} ({view['running']} of "
+                          f"{view['instances']} instances running)",
+                          *(_describe({"id": iid, **inst})
+                            for iid, inst in view.get("components", {}).items())])
     pid = f" (pid {view['pid']})" if view.get("pid") else ""
     error = f": {view['error']}" if view.get("error") else ""
     return f"{view.get('id')}: {view.get('state')}{pid}{error}"
@@ -176,6 +182,12 @@ async def _logs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _scale(client: Client, args: argparse.Namespace) -> int:
+    view = await client.scale(args.id, args.instances)
+    print(_describe(view))
+    return 0
+
+
 async def _reload(client: Client, args: argparse.Namespace) -> int:
     result = await client.reload()
     parts = [f"{key}: {', '.join(result[key]) or '-'}"
@@ -212,6 +224,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         if action == "stop":
             p.add_argument("--no-wait", action="store_true",
                            help="answer once it is stopping (default: once it is stopped)")
+    scale = command("scale", "run N instances of one component (until the next reload)",
+                    _scale)
+    scale.add_argument("id", help="component id (not one instance's ID.K)")
+    scale.add_argument("instances", type=int, help="how many, 0 to 1000")
     logs = command("logs", "print a component's recent output", _logs)
     logs.add_argument("id", help="component id")
     logs.add_argument("-n", "--lines", type=int, default=50,

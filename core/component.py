@@ -139,7 +139,7 @@ class Component:
         if running:
             assert child is not None
             started = self.started_at
-            return {
+            entry = {
                 "name": cfg.name, "state": self.state.value, "pid": child.pid,
                 "uptime": round(mono - started, 1) if started else None,
                 "cpu_percent": cpu, "memory_mb": memory,
@@ -149,13 +149,18 @@ class Component:
                 "metrics": dict(self.metrics), "containment": self.containment,
                 "limits": self.limits,
             }
-        return {
-            "name": cfg.name, "state": self.state.value, "pid": None, "uptime": None,
-            "cpu_percent": None, "memory_mb": None, "error": error, "last_updated": stamp,
-            "plugin": cfg.plugin, "restarts": self.restarts, "exit_code": self.exit_code,
-            "health": None, "next_restart_in": next_in, "depends_on": self._deps,
-            "metrics": {}, "containment": self.containment, "limits": self.limits,
-        }
+        else:
+            entry = {
+                "name": cfg.name, "state": self.state.value, "pid": None, "uptime": None,
+                "cpu_percent": None, "memory_mb": None, "error": error,
+                "last_updated": stamp, "plugin": cfg.plugin, "restarts": self.restarts,
+                "exit_code": self.exit_code, "health": None, "next_restart_in": next_in,
+                "depends_on": self._deps, "metrics": {}, "containment": self.containment,
+                "limits": self.limits,
+            }
+        if cfg.instance_of is not None:  # one of `instances = N` (core.instances)
+            entry["instance_of"] = cfg.instance_of
+        return entry
 
 
 async def call_hook(plugins: PluginManager, comp: Component, hook: str, *, timeout: float,

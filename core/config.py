@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core import schema
+from core.envfile import EnvFileError, read_env_files
 from core.errors import ConfigError, OptionError, did_you_mean
 from core.events import KINDS as EVENT_KINDS
 from core.events import EventsConfig
@@ -85,16 +86,25 @@ class ComponentConfig:
     max_failures: int = _C["max_failures"].default
     exit_codes: tuple[int, ...] = _C["exit_codes"].default
     health_cmd: tuple[str, ...] = ()
+    env_file: tuple[Path, ...] = ()
+    #: What the env_file files held when the config was read (core.envfile).
+    env_file_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    watch: tuple[str, ...] = ()
     #: Bytes (memory_max) and cores (cpu_max); None: no limit.
     memory_max: int | None = None
     cpu_max: float | None = None
+    #: None: no `instances` key, one plain entry `ID`; N: entries `ID.0` ... (core.instances).
+    instances: int | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Set on the configs of instances only: the component's id, and this one's index.
+    instance_of: str | None = None
+    instance: int | None = None
 
     def same_launch(self, other: ComponentConfig) -> bool:
-        """True when nothing but presentation (name) differs: no restart needed."""
+        """True when nothing but presentation (name, watch) differs: no restart needed."""
         from dataclasses import replace
 
-        return replace(self, name=other.name) == other
+        return replace(self, name=other.name, watch=other.watch) == other
 
 
 @dataclass(frozen=True)
@@ -263,6 +273,14 @@ def _read(r: _Reader, key: schema.Key, base: Path) -> Any:
         return r.boolean(name, key.default)
     if kind == "strings":
         return r.strings(name, key.default)
+    if kind == "paths":
+        value = r.table.get(name)
+        if value is not None and not isinstance(value, str | list):
+            raise r.error(name, f"expected a path (string) or an array of paths, got "
+                                f"{_describe(value)}")
+        found = r.strings(name, key.default) if not isinstance(value, str) else (
+            r.string(name, None),)
+        return tuple(base / Path(p).expanduser() for p in found)
     if kind == "integers":
         value = r.get(name, list(key.default), list, "an array of integers")
         for i, item in enumerate(value):
@@ -357,6 +375,8 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         r = _Reader(path, f"components.{cid}", table)
     values = {k.name: _read(r, k, path.parent) for k in schema.COMPONENT
               if k.name not in ("plugin", "name")}
+    if "instances" not in table:
+        values["instances"] = None
     if any("\0" in arg for arg in values["health_cmd"]) or (
             "health_cmd" in table and not values["health_cmd"]):
         raise r.error("health_cmd", "expected a non-empty command without NUL bytes")
@@ -364,6 +384,12 @@ def _parse_component(path: Path, cid: str, table: Any, plugins: set[str] | None,
         raise r.error("backoff_max", f"expected a number >= backoff_initial "
                                      f"({values['backoff_initial']}), got "
                                      f"{values['backoff_max']}")
+    try:
+        values["env_file_env"] = MappingProxyType(read_env_files(
+            values["env_file"], listed=isinstance(table.get("env_file"), list)))
+    except EnvFileError as exc:
+        where = "env_file" if exc.index is None else f"env_file[{exc.index}]"
+        raise r.error(where, exc.message) from None
     cfg = ComponentConfig(id=cid, plugin=plugin, name=r.string("name", cid), **values)
     extra = {k: v for k, v in table.items() if k not in _COMMON_KEYS}
     options: Mapping[str, Any] = extra

@@ -33,7 +33,7 @@ log = logging.getLogger("control_center")
 
 #: The kinds of events, as `GET /api/events?kind=` and notifiers name them.
 KINDS = ("state", "crashed", "restart_scheduled", "gave_up", "unhealthy", "recovered",
-         "probe_error", "reload", "control")
+         "probe_error", "reload", "control", "restart")
 #: Events a consumer may be behind before new ones are dropped for it.
 QUEUE_SIZE = 1000
 #: Events kept in memory for `/ws` subscribers and the newest queries.

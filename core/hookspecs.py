@@ -147,9 +147,10 @@ def on_event(event: dict[str, Any]) -> None:
     :param event: ``{"type": "event", "id", "kind", "time" (ISO-8601 UTC),
         "component" (or None), ...}`` plus the kind's own fields: ``old``,
         ``new`` and ``reason`` for "state"; ``delay`` for
-        "restart_scheduled"; ``reason`` for "crashed", "gave_up" and
-        "unhealthy"; ``error`` for "probe_error"; ``added``, ``removed`` and
-        ``changed`` for "reload"; ``action``, ``actor``, ``address`` and
+        "restart_scheduled"; ``reason`` for "crashed", "gave_up",
+        "unhealthy" and "restart" (files it watches changed); ``error``
+        for "probe_error"; ``added``, ``removed`` and ``changed`` for
+        "reload"; ``action``, ``actor``, ``address`` and
         ``result`` for "control". The same document ``GET /api/events``
         lists and ``/ws`` sends to clients that subscribe with
         ``"events": true``.

@@ -53,6 +53,17 @@ class ComponentInfo:
     - ``stop_timeout`` (float, seconds): the component's own; the whole
       stop is bounded by it, which a plugin that stops something the core's
       signals do not reach (a container) must know. Default 10.0.
+    - ``env_file_env`` (read-only mapping of str to str): the variables of
+      the component's ``env_file`` files (the core's key), read when the
+      config was loaded, a later file winning. The core already puts them in
+      the environment of every ``Launch`` beneath ``Launch.env``; a plugin
+      whose work runs elsewhere (a container) passes them on beneath its own
+      variables. Default: empty.
+    - ``memory_max`` (int bytes or None): the component's ``memory_max`` (the
+      core's key). The core restarts a component whose tree stays above it
+      (and sets the kernel's limit on its cgroup where it can); a plugin whose
+      work runs elsewhere (a container) also hands it to that engine.
+      Default None: no limit.
     """
 
     id: str
@@ -62,6 +73,8 @@ class ComponentInfo:
     data_dir: Path = Path(".")
     config_dir: Path = Path(".")
     stop_timeout: float = 10.0
+    env_file_env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    memory_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,8 @@ class Launch:
       the directory of config.toml. A relative path is relative to the
       supervisor's working directory, so pass an absolute one.
     - ``env`` (mapping of str to str, default empty): variables set over the
-      supervisor's own environment (nothing is removed).
+      supervisor's own environment and the component's ``env_file`` values
+      (nothing is removed).
     - ``probe`` (bool, default True): False says this run has nothing to
       check beyond being alive; the core then never calls the ``probe``
       hook for it (health is "healthy" as soon as it runs, no metrics).
@@ -91,6 +105,17 @@ class Launch:
       its event loop instead of calling the ``probe`` hook: an ``http://`` or
       ``https://`` URL (a 2xx answer is healthy) or ``tcp://host:port`` (an
       accepted connection is healthy), bounded by ``probe_timeout``.
+    - ``user`` (str or None, default None): the user name the process runs
+      as. The supervisor must run as root to name another user (the core
+      then switches uid and gid, initialises the user's supplementary
+      groups and sets ``HOME``, ``USER`` and ``LOGNAME`` beneath ``env``);
+      naming the supervisor's own user only sets those variables. Validate
+      it in ``validate_config`` (the process plugin's keys do): at spawn an
+      unknown user is a start failure.
+    - ``group`` (str or None, default None): the group name it runs as;
+      default the user's primary group (or the supervisor's own).
+    - ``umask`` (int or None, default None): the file mode creation mask,
+      e.g. ``0o022``; None keeps the supervisor's.
     """
 
     argv: tuple[str, ...]
@@ -98,11 +123,23 @@ class Launch:
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     probe: bool = True
     health: str | None = None
+    user: str | None = None
+    group: str | None = None
+    umask: int | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(a, str) for a in self.argv):
             raise TypeError(f"Launch.argv: expected a non-empty sequence of str, "
                             f"got {self.argv!r}")
+        for name in ("user", "group"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"Launch.{name}: expected a name (str) or None, got "
+                                f"{value!r}")
+        if self.umask is not None and (isinstance(self.umask, bool) or not isinstance(
+                self.umask, int) or not 0 <= self.umask <= 0o777):
+            raise TypeError(f"Launch.umask: expected an int from 0 to 0o777 or None, got "
+                            f"{self.umask!r}")
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 

@@ -68,7 +68,7 @@ def describe(event: Event, more: int = 0, span: float = 0.0) -> str:
             "unhealthy": "is unhealthy", "recovered": "recovered",
             "restart_scheduled": "will restart", "state": "changed state",
             "probe_error": "probe failed", "reload": "config reloaded",
-            "control": "was controlled"}.get(event.kind, event.kind)
+            "control": "was controlled", "restart": "restarted"}.get(event.kind, event.kind)
     subject = event.component or "Control Center"
     detail = event.data.get("reason") or event.data.get("error") or ""
     if event.kind == "control":
@@ -103,7 +103,9 @@ class Notifier:
 
     def wants(self, event: Event) -> bool:
         c = self.config
-        return event.kind in c.events and (c.components is None or event.component in c.components)
+        # An instance ID.K is told to whoever asked for its component ID.
+        return event.kind in c.events and (c.components is None or (
+            event.component or "").partition(".")[0] in c.components)
 
     async def run(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         """Consume events until cancelled; summaries leave when their interval ends."""

@@ -149,7 +149,8 @@ class ChildProcess:
     async def spawn(cls, nursery: trio.Nursery, argv: Sequence[str], *, cwd: str | None,
                     env: Mapping[str, str] | None, log: LogTail,
                     on_exit_reaped: Callable[[ChildProcess], None] | None = None,
-                    cgroup: Group | None = None) -> ChildProcess:
+                    user: str | None = None, group: str | None = None,
+                    umask: int | None = None, cgroup: Group | None = None) -> ChildProcess:
         """Start `argv`; must be called from trio's main thread (see core.spawn).
 
         `cgroup`: an empty cgroup the child runs in (joined before exec).
@@ -167,7 +168,8 @@ class ChildProcess:
         inherited = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_SECRETS}
         full_env = {**inherited, **(env or {}), CHILD_ENV: marker}
         with _registry_lock:
-            popen = spawn_mod.popen(argv, cwd=cwd, env=full_env,
+            popen = spawn_mod.popen(argv, cwd=cwd, env=full_env, user=user, group=group,
+                                    umask=umask,
                                     cgroup=cgroup.procs_file if cgroup is not None else None)
             try:
                 child = cls(popen, log, marker, on_exit_reaped, cgroup)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -19,9 +19,11 @@ from core import health, health_log
 from core.component import Component, call_hook, describe_exc, exit_text
 from core.containment import Containment
 from core.errors import PluginError
+from core.instances import INSTANCE_ENV
 from core.model import Launch, Probe
 from core.policy import Action, Backoff, after_exit
 from core.process import ChildProcess, SpawnError
+from core.runas import RunAsError, hand_over, launch_env
 from core.states import ComponentState, check_transition
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class Runner:
         #: Each run's cgroup, or process groups (core.containment).
         self.containment = Containment()
         self.components: dict[str, Component] = {}
+        #: Table id -> its run-time ids (`ID.0` ... with instances; a plain one: itself).
+        self.groups: dict[str, list[str]] = {}
         self.listeners: list[Callable[[str, ComponentState, ComponentState], None]] = []
         self.nursery: trio.Nursery | None = None
         self._changed = trio.Event()
@@ -224,11 +228,22 @@ class Runner:
             raise PluginError(f"plugin {comp.cfg.plugin!r} start hook returned "
                               f"{type(launch).__name__}, expected core.Launch")
         assert self.nursery is not None
+        if launch.user is not None:
+            try:
+                hand_over(comp.info.data_dir, launch.user, launch.group)
+            except (OSError, RunAsError) as exc:
+                raise SpawnError(f"cannot give the data directory {comp.info.data_dir} to "
+                                 f"{launch.user}: {getattr(exc, 'strerror', None) or exc}"
+                                 ) from None
         cwd = launch.cwd or str(self.config.config_dir)
+        env = launch_env(comp.info, launch)
+        if comp.cfg.instance is not None:
+            env[INSTANCE_ENV] = str(comp.cfg.instance)
         cgroup = self.containment.new_run(comp.cfg)
         try:
-            child = await ChildProcess.spawn(self.nursery, launch.argv, cwd=cwd,
-                                             env=dict(launch.env), log=comp.log, cgroup=cgroup)
+            child = await ChildProcess.spawn(
+                self.nursery, launch.argv, cwd=cwd, env=env, log=comp.log, user=launch.user,
+                group=launch.group, umask=launch.umask, cgroup=cgroup)
         except BaseException as exc:
             if cgroup is not None:
                 cgroup.remove()  # no run: no empty leaf left per failed start
@@ -398,14 +413,11 @@ class Runner:
             return
         while True:
             waiting = []
-            for dep in deps:
-                other = self.components.get(dep)
-                if other is None:
-                    continue
+            for other in self.members(deps):
                 if not (other.state == S.RUNNING and other.health == "healthy"):
                     detail = other.state.value if other.state != S.RUNNING else (
                         f"running, {other.health}")
-                    waiting.append(f"{dep} ({detail})")
+                    waiting.append(f"{other.cfg.id} ({detail})")
             if not waiting:
                 comp.error = None
                 return
@@ -415,13 +427,19 @@ class Runner:
                 comp.log.note(text)
             await self._changed.wait()
 
-    async def stop_many(self, cids: list[str], config: Config) -> None:
+    def members(self, ids: Iterable[str]) -> list[Component]:
+        """The run-time components of table ids: every instance of each."""
+        comps = self.components
+        return [comps[c] for cid in ids for c in self.groups.get(cid, (cid,)) if c in comps]
+
+    async def stop_many(self, cids: list[str]) -> None:
         """Stop components in waves: nothing stops before what depends on it."""
-        pending = set(cids)
+        cfgs = {c: self.components[c].cfg for c in cids if c in self.components}
+        pending = set(cfgs)
         while pending:
-            wave = [c for c in pending if not any(
-                c in config.components[o].depends_on for o in pending
-                if o in config.components and o != c)]
+            # depends_on names tables: an instance waits for every dependent of its table.
+            needed = {d for o in pending for d in cfgs[o].depends_on}
+            wave = [c for c in pending if (cfgs[c].instance_of or c) not in needed]
             if not wave:  # cannot happen with a validated config; stop the rest
                 wave = list(pending)
             async with trio.open_nursery() as nursery:

@@ -22,6 +22,7 @@ KINDS = {
     "number": "number",
     "path": "path (string)",
     "strings": "array of strings",
+    "paths": "path (string) or array of paths",
     "integers": "array of integers",
     "signal": 'signal (name such as "SIGTERM", or number)',
     "choice": "string",
@@ -156,6 +157,11 @@ SERVER: tuple[Key, ...] = (
         "keeps process-group containment. See docs/containment.md."),
 )
 
+#: The most instances one component may have, in config.toml and at run time.
+MAX_INSTANCES = 1000
+#: The keys of a plugin's options in which "{instance}" is replaced by the index.
+INSTANCE_KEYS = ("command", "cwd", "env")
+
 COMPONENT: tuple[Key, ...] = (
     Key("plugin", "string", None,
         "Required. The plugin that drives this component: the name of its entry "
@@ -202,6 +208,19 @@ COMPONENT: tuple[Key, ...] = (
     Key("max_failures", "integer", 8,
         "Quick failures in a row before giving up (state \"error\") until a start "
         "request.", 1, 1_000_000),
+    Key("env_file", "paths", (),
+        "Dotenv files (KEY=VALUE lines; comments, quotes, `export` and ${VAR} as "
+        "python-dotenv reads them), relative to this file, read when the config is "
+        "loaded: a missing or unreadable file is an error. Their variables go into the "
+        "component's environment beneath its plugin's own (the process plugin's env "
+        "wins), a later file winning over an earlier one; a KEY without a value takes "
+        "the supervisor's. A reload that finds a file changed restarts the component."),
+    Key("watch", "strings", (),
+        "Globs (\"src/**/*.py\") relative to the component's cwd (when its plugin has "
+        "one) or to this file's directory: a change to a matching file restarts the "
+        "running component, once per burst of changes (0.5 s without a change), with a "
+        "restart event. For development; changes in the component's own data "
+        "directory and log files are ignored."),
     Key("memory_max", "size", None,
         "Memory of the component's whole process tree above which it is restarted, "
         "once it stays above for 2 probes in a row (the reason goes to `error` and "
@@ -211,6 +230,15 @@ COMPONENT: tuple[Key, ...] = (
         "CPU the component's tree may use, in cores (0.5: half of one core); the "
         "kernel's cpu.max of its cgroup where cgroup v2 has the cpu controller, "
         "otherwise not enforced (the log says so once).", 0.01, 1024),
+    Key("instances", "integer", 1,
+        "Processes of this component, each its own entry ID.0 ... ID.N-1 in the "
+        "snapshot (with \"instance_of\": \"ID\"); \"{instance}\" in the plugin's "
+        "command, cwd and env values and in health_cmd is replaced by the index, and "
+        "CONTROL_CENTER_INSTANCE holds it in each child's environment. Without the key "
+        "the component is one entry ID as always; with it (1 included) its entries are "
+        "numbered. depends_on = [\"ID\"] waits for every instance; POST "
+        "/api/components/ID/scale changes the count until the next reload.",
+        0, MAX_INSTANCES, default_text="1 (one entry ID, not numbered)"),
 )
 
 AUTH: tuple[Key, ...] = (
@@ -249,11 +277,16 @@ checks it in its `validate_config` hook. The built-in plugins' keys:
 - `process`: `command` (required; an array of strings, or one string split
   like a shell; `"{python}"` is the supervisor's interpreter), `cwd`, `env`
   (table of strings), `health_url` (healthy on 2xx), `health_tcp`
-  (`"host:port"`, healthy when it accepts a connection).
+  (`"host:port"`, healthy when it accepts a connection), `user` (the user
+  the process runs as: another user only when the supervisor runs as root;
+  its groups, `HOME`, `USER` and `LOGNAME` follow), `group` (default the
+  user's primary group), `umask` (an octal string such as `"022"`).
 - `storage`: `host`, `port` (default 7701), `data_dir`, `sync`
-  (`"full"` or `"normal"`).
+  (`"full"` or `"normal"`), `user`, `group`, `umask`.
 - `api`: `host`, `port` (default 7702), `storage_url`, `window` (seconds,
-  1 to 3600)."""
+  1 to 3600), `user`, `group`, `umask`.
+- `docker`: its own keys, see docs/docker.md (its `user` is the
+  container's user)."""
 
 
 def _entry(key: Key) -> str:
@@ -278,7 +311,7 @@ def reference() -> str:
     parts += ["", "## `[auth]`", "",
               "JSON Web Tokens with roles. A token carries `sub`, `exp` and `role`:\n"
               "`viewer` (the page, GET endpoints, /ws), `operator` (also start, stop,\n"
-              "restart) or `admin` (also reload). `[server] token` keeps working and\n"
+              "restart, scale) or `admin` (also reload). `[server] token` keeps working and\n"
               "means admin. Without `[auth]` and `[server] token` nothing is asked.", ""]
     parts += [_entry(k) for k in AUTH]
     parts += ["", "## Plugin keys", "", _PLUGIN_KEYS, ""]

@@ -28,6 +28,7 @@ import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 
+from core import runas
 from core.children import libc
 
 _PR_SET_PDEATHSIG = 1
@@ -58,14 +59,11 @@ def _wrapper_works() -> bool:
     return use_wrapper
 
 
-def _preexec(parent_pid: int, cgroup: str | None = None) -> None:
+def _preexec(parent_pid: int, cgroup: str | None = None,
+             run_as: runas.RunAs | None = None, groups: list[int] | None = None) -> None:
     # Runs in the forked child, before exec: the death signal fires when the
     # *thread* that forked exits, which is why spawn() must run on trio's main
     # thread, never from a worker thread.
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        # The parent died before prctl took effect: nobody will ever stop us.
-        os._exit(1)
     if cgroup is not None:
         try:
             fd = os.open(cgroup, os.O_WRONLY)
@@ -73,6 +71,16 @@ def _preexec(parent_pid: int, cgroup: str | None = None) -> None:
             os.close(fd)
         except OSError:
             os._exit(1)  # outside its cgroup it would escape the stop
+    if run_as is not None and run_as.changes:
+        try:
+            runas.switch(run_as, groups or [])
+        except OSError:
+            os._exit(1)
+    # After the switch: a change of credentials clears the death signal.
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        # The parent died before prctl took effect: nobody will ever stop us.
+        os._exit(1)
 
 
 def spawn_error(exc: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
@@ -138,20 +146,26 @@ def descriptors_free() -> int:
 
 
 def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
+          user: str | None = None, group: str | None = None, umask: int | None = None,
           cgroup: str | None = None) -> subprocess.Popen[bytes]:
     """Start argv in its own session with the death signal set; raises SpawnError.
 
+    `user`, `group` and `umask` are the child's (core.runas says how).
     Must be called from the thread whose exit should kill the child (trio's
     main thread). `cgroup`: a cgroup.procs file the child joins before the
     program runs (so that nothing it forks can start outside).
     """
+    try:
+        run_as = runas.resolve(user, group)
+    except runas.RunAsError as exc:
+        raise SpawnError(f"cannot run {argv[0]}: {exc}") from None
     free = descriptors_free()
     if free < SPAWN_RESERVE + PER_CHILD:
         # A child takes four (pidfd, two pipes, its stat file) and the rest of
         # the supervisor must keep some: refuse now rather than starve REST.
         raise SpawnError(f"cannot run {argv[0]}: only {max(free, 0)} file descriptors left "
                          "(raise the limit: LimitNOFILE= in the unit, ulimit -n)")
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, object] = {} if umask is None else {"umask": umask}
     if _wrapper_works():
         check_command(argv, cwd, env)
         assert _SETPRIV is not None
@@ -160,14 +174,32 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
         # the program in the same process. Without the check, a supervisor
         # killed while setpriv starts would leave the child running.
         check = f'[ "$PPID" = {os.getpid()} ] || exit 1; exec "$@"'
+        switch = runas.setpriv_args(run_as)
         if cgroup is not None:
             # A builtin with a redirection: no extra process, no extra exec.
             check = f'echo 0 > {shlex.quote(cgroup)} || exit 1; {check}'
-        run = [_SETPRIV, "--pdeathsig", "KILL", "--", _SH, "-c", check, "control-center", *argv]
+            if switch:
+                # Only root may move a process between our cgroups: join as
+                # root, then a second setpriv switches the user and sets the
+                # death signal again (a change of credentials clears it). In
+                # the instant between the two a dying supervisor leaves the
+                # child in its cgroup, where the next start finds it.
+                inner = " ".join(shlex.quote(a) for a in (_SETPRIV, "--pdeathsig", "KILL",
+                                                          *switch, "--"))
+                check = check.replace('exec "$@"', f'exec {inner} "$@"')
+                switch = []
+        run = [_SETPRIV, "--pdeathsig", "KILL", *switch, "--", _SH, "-c", check,
+               "control-center", *argv]
     else:
         parent = os.getpid()
         run = argv
-        kwargs["preexec_fn"] = lambda: _preexec(parent, cgroup)
+        if cgroup is None:
+            kwargs.update(runas.popen_kwargs(run_as))
+            kwargs["preexec_fn"] = lambda: _preexec(parent)
+        else:
+            # The cgroup is joined as root, before the user is switched.
+            groups = runas.groups_of(run_as)
+            kwargs["preexec_fn"] = lambda: _preexec(parent, cgroup, run_as, groups)
     try:
         return subprocess.Popen(
             run, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -23,6 +23,10 @@ PUBLIC API (used by the web layer and the CLI; signatures are stable):
                                         # "removed": [...], "changed": [...],
                                         # "unchanged": [...]}; ConfigError
                                         # leaves everything as it was
+    await sup.scale(cid, n) -> dict     # instances at run time (core.scaling)
+
+A component with `instances` is one id `ID` in the config and `ID.0` ...
+at run time: view/start/stop/restart of `ID` act on all its instances.
     sup.log(cid) -> LogTail             # the component's output (core.logs)
     await sup.shutdown()                # stop all in reverse dependency order
 """
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from core import config as config_mod
+from core import instances
 from core.component import Component
 from core.config import ComponentConfig, Config
 from core.containment import Containment
@@ -49,8 +54,10 @@ from core.model import ComponentInfo
 from core.plugins import PluginManager
 from core.process import reap_orphans
 from core.runner import Runner
+from core.scaling import Scaling
 from core.snapshot import StatsReader, SystemStats, build_document, iso_utc
 from core.states import ComponentState
+from core.watch import Watchers
 
 if TYPE_CHECKING:
     from core.events import EventLog
@@ -71,7 +78,7 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 CONFIG_LOAD_TIMEOUT = 5.0
 
 
-class Supervisor:
+class Supervisor(Scaling):
     """The components' public API, and the snapshot tick."""
 
     def __init__(self, config: Config, plugins: PluginManager, hub: Hub | None = None, *,
@@ -92,8 +99,12 @@ class Supervisor:
         self._shutting_down = False
         self.tick_count = 0
         self._iso_cache: tuple[float, str] = (0.0, iso_utc(0.0))
-        for cid, cfg in config.components.items():
+        #: Instance counts set by scale, until the next reload.
+        self._counts: dict[str, int] = {}
+        for cid, cfg in instances.runtime(config, {}).items():
             self._components[cid] = self._new_component(cfg)
+        self._watchers = Watchers(self._files_changed)
+        self._runner.groups = instances.groups(c.cfg for c in self._components.values())
 
     @property
     def config(self) -> Config:
@@ -110,6 +121,8 @@ class Supervisor:
         return list(self._components)
 
     def view(self, cid: str) -> dict[str, Any]:
+        if self._is_group(cid):
+            return self._group_view(cid)
         return self._describe(self._get(cid))
 
     def log(self, cid: str) -> LogTail:
@@ -120,6 +133,8 @@ class Supervisor:
         self._runner.listeners.append(fn)
 
     async def start(self, cid: str) -> dict[str, Any]:
+        if self._is_group(cid):
+            return await self._each(cid, self.start)
         comp = self._get(cid)
         if self._shutting_down:
             # A start (or restart) that arrives during shutdown would outlive it
@@ -139,6 +154,8 @@ class Supervisor:
     async def stop(self, cid: str, *, wait: bool = False) -> dict[str, Any]:
         """Returns once the component has left running (usually: "stopping");
         with `wait`, once it is stopped or in error, its process gone."""
+        if self._is_group(cid):
+            return await self._each(cid, functools.partial(self.stop, wait=wait))
         comp = self._get(cid)
         self._runner.want(comp, False)
         if comp.state in (S.STARTING, S.RUNNING):
@@ -150,6 +167,8 @@ class Supervisor:
         return self.view(cid)
 
     async def restart(self, cid: str) -> dict[str, Any]:
+        if self._is_group(cid):
+            return await self._each(cid, self.restart)
         comp = self._get(cid)
         if self._shutting_down:
             return await self.start(cid)  # refused there, with a note
@@ -186,33 +205,9 @@ class Supervisor:
                        and new.components[c] != old.components[c]]
             unchanged = [c for c in new.components if c in old.components and c not in changed]
             self.config = new
-            # Removed ones stop dependents-first, like a shutdown.
-            await self._runner.stop_many(removed, old)
-            for cid in removed:
-                comp = self._components.pop(cid)
-                self._runner.containment.remove(cid)
-                comp.removed = True
-                if comp.task_scope is not None:
-                    comp.task_scope.cancel()
-                comp.log.close()
-            for cid in changed:
-                comp = self._components[cid]
-                cfg = new.components[cid]
-                relaunch = not comp.cfg.same_launch(cfg)
-                comp.cfg = cfg
-                comp.info = self._info(cfg)
-                comp.limits = self._runner.containment.limits(cfg)
-                if relaunch and comp.state in (S.RUNNING, S.STARTING):
-                    await self.restart(cid)
-                elif relaunch and cfg.autostart and comp.state in (S.STOPPED, S.ERROR):
-                    await self.start(cid)
-            for cid in added:
-                comp = self._components[cid] = self._new_component(new.components[cid])
-                assert self._runner.nursery is not None
-                await self._runner.nursery.start(self._runner.component_task, comp)
-                if comp.cfg.autostart:
-                    self._runner.want(comp, True)
-            self._runner.notify()
+            self._counts.clear()  # back to the config's instance counts
+            await self._apply(new)
+            await self._sync_watchers()
             log.info("config reloaded: %d added, %d removed, %d changed", len(added),
                      len(removed), len(changed))
             if self.events is not None:
@@ -223,7 +218,8 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every component, dependents before their dependencies."""
         self._shutting_down = True
-        await self._runner.stop_many(list(self._components), self.config)
+        self._watchers.stop_all()
+        await self._runner.stop_many(list(self._components))
         self._runner.containment.close()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -232,10 +228,10 @@ class Supervisor:
             self._runner.nursery = nursery
             for comp in self._components.values():
                 await nursery.start(self._runner.component_task, comp)
-            for cid in self.config.start_order():
-                comp = self._components[cid]
+            for comp in self._runner.members(self.config.start_order()):
                 if comp.cfg.autostart:
                     self._runner.want(comp, True)
+            await self._sync_watchers()
             await self.tick()
             # The next one an interval after this one, however long the
             # caller takes before the loop first runs (python -m core
@@ -388,6 +384,27 @@ class Supervisor:
 
     # -- helpers -----------------------------------------------------------
 
+    async def _sync_watchers(self) -> None:
+        assert self._runner.nursery is not None
+        await self._watchers.sync(self._runner.nursery, self.config.components.values(),
+                                  self.config.server, self.config.config_dir)
+
+    async def _files_changed(self, cid: str, reason: str) -> None:
+        """A watched file changed (core.watch): restart what of the component runs.
+
+        `cid` is the table's id: with instances, each running instance restarts.
+        """
+        async with trio.open_nursery() as nursery:
+            for comp in self._runner.members([cid]):
+                if self._shutting_down or comp.state not in (S.RUNNING, S.STARTING) \
+                        or not comp.desired:
+                    continue
+                log.info("%s: restarting: %s", comp.cfg.id, reason)
+                comp.log.note(f"restarting: {reason}")
+                if self.events is not None:
+                    self.events.emit("restart", comp.cfg.id, reason=reason)
+                nursery.start_soon(self.restart, comp.cfg.id)
+
     def _describe(self, comp: Component) -> dict[str, Any]:
         return comp.describe(time.monotonic(), self._iso(comp.last_updated))
 
@@ -407,10 +424,10 @@ class Supervisor:
         out: list[str] = []
 
         def visit(c: str) -> None:
-            for dep in self._components[c].cfg.depends_on:
-                if dep in self._components and dep not in out:
-                    visit(dep)
-                    out.append(dep)
+            for comp in self._runner.members(self._components[c].cfg.depends_on):
+                if comp.cfg.id not in out:
+                    visit(comp.cfg.id)
+                    out.append(comp.cfg.id)
 
         visit(cid)
         return out
@@ -419,7 +436,8 @@ class Supervisor:
         return ComponentInfo(id=cfg.id, name=cfg.name, plugin=cfg.plugin, options=cfg.options,
                              data_dir=self.config.server.data_dir / cfg.id,
                              config_dir=self.config.config_dir,
-                             stop_timeout=cfg.stop_timeout)
+                             stop_timeout=cfg.stop_timeout, env_file_env=cfg.env_file_env,
+                             memory_max=cfg.memory_max)
 
     def _new_component(self, cfg: ComponentConfig) -> Component:
         server = self.config.server

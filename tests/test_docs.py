@@ -85,3 +85,18 @@ def test_the_plugin_guide_shows_what_new_plugin_writes(tmp_path: Path) -> None:
     for name, body in blocks:
         text = (root / name).read_text(encoding="utf-8")
         assert body in text, f"docs/plugins.md shows a {name} that new-plugin does not write"
+
+
+def test_the_plugin_api_reference_lists_every_field_of_the_plugin_types() -> None:
+    """docs/plugin-api.md has a row for each field of ComponentInfo, Launch and Probe."""
+    import dataclasses
+
+    from core import ComponentInfo, Launch, Probe
+
+    text = (ROOT / "docs" / "plugin-api.md").read_text(encoding="utf-8")
+    missing = []
+    for kind in (ComponentInfo, Launch, Probe):
+        section = text.split(f"### `{kind.__name__}`", 1)[1].split("\n### ", 1)[0]
+        missing += [f"{kind.__name__}.{f.name}" for f in dataclasses.fields(kind)
+                    if f"| `{f.name}` |" not in section]
+    assert missing == []

@@ -10,6 +10,7 @@ from typing import Any
 
 from core.events import KINDS as EVENT_KINDS
 from core.identity import required_role
+from core.schema import MAX_INSTANCES
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _ISO = {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"}
@@ -42,6 +43,8 @@ SCHEMAS: dict[str, Any] = {
             "health": {"enum": ["healthy", "unhealthy", "starting", None]},
             "next_restart_in": _NUM_OR_NULL,
             "depends_on": {"type": "array", "items": {"type": "string"}},
+            "instance_of": {"type": "string", "description": "Only on an instance ID.K of "
+                            "a component with `instances`: its ID."},
             "metrics": {"type": "object", "description": "The component's own figures "
                         "from its probe; names match [a-z_][a-z0-9_]*.",
                         "propertyNames": {"pattern": "^[a-z_][a-z0-9_]*$"},
@@ -80,10 +83,31 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"components": {
             "type": "array", "items": {"$ref": "#/components/schemas/ComponentWithId"}}},
     },
+    "ComponentGroup": {
+        "type": "object", "description": "A component with `instances`, addressed by its "
+        "ID: a summary, and each instance ID.K as in the snapshot.",
+        "required": ["id", "name", "state", "plugin", "instances", "running", "depends_on",
+                     "components"],
+        "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "state": _STATE,
+            "plugin": {"type": "string"},
+            "instances": {"type": "integer", "minimum": 0, "maximum": MAX_INSTANCES},
+            "running": {"type": "integer", "minimum": 0},
+            "depends_on": {"type": "array", "items": {"type": "string"}},
+            "components": {"type": "object",
+                           "additionalProperties": {"$ref": "#/components/schemas/Component"}},
+        },
+    },
     "ControlResult": {
         "type": "object", "required": ["success", "component"],
-        "properties": {"success": {"const": True},
-                       "component": {"$ref": "#/components/schemas/ComponentWithId"}},
+        "properties": {"success": {"const": True}, "component": {"anyOf": [
+            {"$ref": "#/components/schemas/ComponentWithId"},
+            {"$ref": "#/components/schemas/ComponentGroup"}]}},
+    },
+    "ScaleRequest": {
+        "type": "object", "required": ["instances"], "additionalProperties": False,
+        "properties": {"instances": {"type": "integer", "minimum": 0,
+                                     "maximum": MAX_INSTANCES}},
     },
     "Logs": {
         "type": "object", "required": ["component", "lines", "last_seq"],
@@ -201,11 +225,29 @@ def _document(version: str) -> dict[str, Any]:
                                                       **_ERR}}},
             "/api/components/{cid}": {"get": {
                 "summary": "One component", "parameters": [_CID],
-                "responses": {"200": _json("ComponentWithId", "The component"),
+                "responses": {"200": {"description": "The component (a component with "
+                                                     "instances: ComponentGroup)",
+                                      "content": {"application/json": {"schema": {"anyOf": [
+                                          {"$ref": "#/components/schemas/ComponentWithId"},
+                                          {"$ref": "#/components/schemas/ComponentGroup"}]}}}},
                               **_NOT_FOUND, **_ERR}}},
             "/api/components/{cid}/start": _control("start"),
             "/api/components/{cid}/stop": _control("stop"),
             "/api/components/{cid}/restart": _control("restart"),
+            "/api/components/{cid}/scale": {"post": {
+                "summary": "Run N instances of one component until the next reload: new "
+                           "ones start, surplus ones stop from the highest index down",
+                "parameters": [_CID],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ScaleRequest"}}}},
+                "responses": {"200": _json("ControlResult", "The component after the scale"),
+                              "400": _json("Error", "No integer instances from 0 to "
+                                           f"{MAX_INSTANCES}, or the id of one instance "
+                                           "(scale its component); nothing changed"),
+                              **_NOT_FOUND, **_ERR,
+                              "403": _json("Error", "Cross-origin request refused"),
+                              "503": _json("Error", "Refused: the supervisor is shutting "
+                                                    "down")}}},
             "/api/components/{cid}/logs": {"get": {
                 "summary": "Recent output lines of one component",
                 "parameters": [_CID,

@@ -1,6 +1,6 @@
 """Control and logs of a remote's components, passed through to the remote.
 
-`POST /api/components/NAME%2FID/stop` (start, restart) and
+`POST /api/components/NAME%2FID/stop` (start, restart, scale with its body) and
 `GET /api/components/NAME%2FID/logs` go to remote NAME as
 `/api/components/ID/...` with the remote's token; its answer comes back as
 it was (status, body, content type). `ID` may itself hold a `/` (a chain:
@@ -20,7 +20,9 @@ from starlette.routing import Match, Route
 
 from core.federation import Federation
 from core.hub import Hub
+from core.instances import ScaleError
 from core.web.head import error_body
+from core.web.rest import scale_body
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,12 @@ class RemoteControl:
             return _refusal(502, hung)
         url = f"{remote.url}/api/components/{quote(rest, safe='')}/{action}"
         params = dict(request.query_params) if request.method == "GET" else None
+        try:
+            body = await scale_body(request) if action == "scale" else None
+        except ScaleError as exc:
+            return _refusal(400, str(exc))
+        sent = remote.headers() if body is None else {
+            **remote.headers(), "content-type": "application/json"}
         import httpx  # here: a Control Center that follows no remote never loads it
 
         try:
@@ -73,7 +81,7 @@ class RemoteControl:
                                                                connect=CONNECT_TIMEOUT)
                                          ) as client:
                 answer = await client.request(request.method, url, params=params,
-                                              headers=remote.headers())
+                                              headers=sent, content=body)
         except httpx.HTTPError as exc:
             # The URL holds no token; the message names what failed.
             message = f"host {name} unreachable: {type(exc).__name__}: {exc or 'no answer'}"
@@ -85,6 +93,7 @@ class RemoteControl:
     def routes(self) -> list[Route]:
         return [
             *(_RemoteRoute(f"/api/components/{{cid:path}}/{action}", self.forward,
-                           methods=["POST"]) for action in ("start", "stop", "restart")),
+                           methods=["POST"])
+              for action in ("start", "stop", "restart", "scale")),
             _RemoteRoute("/api/components/{cid:path}/logs", self.forward, methods=["GET"]),
         ]

@@ -8,6 +8,7 @@ shapes the answer as the contract says.
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -18,9 +19,12 @@ from starlette.routing import Route
 from core.errors import ConfigError, OptionError, ShuttingDown, UnknownComponent
 from core.events import EventLog
 from core.hub import Hub
+from core.instances import ScaleError, check_count
 from core.web.head import error_body
 from core.web.supervisor_api import SupervisorAPI
 
+#: The largest body a scale request may have, in bytes ({"instances": 1000} is 17).
+SCALE_BODY_MAX = 1024
 #: `lines=` of the logs endpoint: default and maximum.
 LOG_LINES_DEFAULT = 200
 LOG_LINES_MAX = 5000
@@ -122,6 +126,23 @@ class Handlers:
         self._audit(request, action, cid, f"ok, now {view.get('state')}")
         return JSONResponse({"success": True, "component": {"id": cid, **view}})
 
+    async def scale(self, request: Request) -> Response:
+        cid = request.path_params["cid"]
+        try:
+            count = check_count(await _scale_body(request))
+            view = await self.sup.scale(cid, count)
+        except ScaleError as exc:
+            self._audit(request, "scale", cid, f"refused: {exc}")
+            return error(400, str(exc))
+        except UnknownComponent:
+            self._audit(request, "scale", cid, "unknown component")
+            return error(404, f"no component with id {cid!r}")
+        except ShuttingDown as exc:
+            self._audit(request, "scale", cid, "refused: shutting down")
+            return error(503, str(exc))
+        self._audit(request, "scale", cid, f"ok, now {count} instances")
+        return JSONResponse({"success": True, "component": {"id": cid, **view}})
+
     def _audit(self, request: Request, action: str, cid: str | None, result: str) -> None:
         """A control action in the event log: what, on which component, by whom, from where."""
         if self.events is None:
@@ -165,7 +186,35 @@ class Handlers:
             Route("/api/components/{cid}", self.component, methods=["GET"]),
             *(Route(f"/api/components/{{cid}}/{action}", self.control, methods=["POST"],
                     name=action) for action in ("start", "stop", "restart")),
+            Route("/api/components/{cid}/scale", self.scale, methods=["POST"]),
             Route("/api/components/{cid}/logs", self.logs, methods=["GET"]),
             Route("/api/history", self.history, methods=["GET"]),
             Route("/api/reload", self.reload, methods=["POST"]),
         ]
+
+
+async def scale_body(request: Request) -> bytes:
+    """A scale request's body, read up to SCALE_BODY_MAX; ScaleError past it."""
+    body = b""
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > SCALE_BODY_MAX:
+                raise ScaleError(f"the body is larger than {SCALE_BODY_MAX} bytes; send "
+                                 '{"instances": N}')
+    return body
+
+
+async def _scale_body(request: Request) -> Any:
+    """The `instances` of a scale request's JSON body; ScaleError if there is none."""
+    body = await scale_body(request)
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ScaleError('expected a JSON body {"instances": N}') from None
+    if not isinstance(doc, dict) or "instances" not in doc:
+        raise ScaleError('expected a JSON object with the key "instances": {"instances": N}')
+    extra = sorted(k for k in doc if k != "instances")
+    if extra:
+        raise ScaleError(f"unknown key {extra[0][:40]!r}: send {{\"instances\": N}} alone")
+    return doc["instances"]

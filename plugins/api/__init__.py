@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from core import ComponentInfo, Launch, OptionError, OptionReader, Probe, hookimpl
 from plugins.jsonhttp import fetch_stats, read_host_port
+from plugins.process import launch_run_as, read_run_as
 
 
 @hookimpl
@@ -36,8 +37,9 @@ def validate_config(component_id: str, options: Mapping[str, Any]) -> Mapping[st
     if not valid:
         raise OptionError("storage_url", f'expected "http://host:port", got {storage_url!r}')
     window = opts.integer("window", 10, minimum=1, maximum=3600)
+    run_as = read_run_as(opts, options)
     opts.finish()
-    return {"host": host, "port": port, "storage_url": storage_url, "window": window}
+    return {**run_as, "host": host, "port": port, "storage_url": storage_url, "window": window}
 
 
 @hookimpl
@@ -48,7 +50,7 @@ def start(component: ComponentInfo) -> Launch:
                         "--port", str(opts.get("port", 7702)),
                         "--storage-url", opts.get("storage_url", "http://127.0.0.1:7701"),
                         "--window", str(opts.get("window", 10))),
-                  cwd=str(Path(__file__).resolve().parents[2]))
+                  cwd=str(Path(__file__).resolve().parents[2]), **launch_run_as(opts))
 
 
 @hookimpl

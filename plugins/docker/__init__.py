@@ -5,7 +5,7 @@
     image = "nginx:1.27"
     command = ["nginx", "-g", "daemon off;"]     # optional: the image's CMD otherwise
     env = { TZ = "UTC" }                         # over env_file's
-    env_file = "web.env"                         # KEY=VALUE lines; relative to config.toml
+    env_file = "web.env"                         # the core's key: dotenv, read at load
     mounts = ["./site:/usr/share/nginx/html:ro"] # or { type, source, target, read_only }
     network = "host"                             # default; "none" or a network name
     ports = ["127.0.0.1:8080:80"]                # only with a network of its own
@@ -79,7 +79,9 @@ def start(component: ComponentInfo) -> Launch:
     _stopping.discard(component.id)
     started = engine.create_and_start(
         component_id=component.id, instance=_instance(component), options=component.options,
-        config_dir=component.config_dir, stop_timeout=stop_timeout)
+        config_dir=component.config_dir, stop_timeout=stop_timeout,
+        env_file_env=getattr(component, "env_file_env", None),
+        memory_max=getattr(component, "memory_max", None))
     old = _containers.get(component.id)
     if old is not None:
         stats.forget(old)

@@ -29,7 +29,6 @@ import docker
 import docker.errors
 import docker.types
 import requests.exceptions
-from dotenv import dotenv_values
 
 log = logging.getLogger("control_center")
 
@@ -131,24 +130,6 @@ def container_name(instance: str, component_id: str) -> str:
     return f"cc-{instance[:8]}-{component_id}"
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (dotenv syntax); a KEY without a value takes the supervisor's."""
-    try:
-        values = dotenv_values(path)
-    except OSError as exc:
-        raise EngineError(f"cannot read env_file {path}: {exc.strerror or exc}") from None
-    if not path.is_file():
-        raise EngineError(f"env_file {path} does not exist")
-    env = {}
-    for key, value in values.items():
-        if value is None:
-            value = os.environ.get(key)
-            if value is None:
-                continue
-        env[key] = value
-    return env
-
-
 def remove_leftovers(instance: str, component_id: str) -> list[str]:
     """Remove the component's earlier container and every container of an earlier run.
 
@@ -205,22 +186,30 @@ def _ensure_image(image: str, pull: str) -> None:
 
 
 def create_and_start(*, component_id: str, instance: str, options: Mapping[str, Any],
-                     config_dir: Path, stop_timeout: float) -> Started:
-    """Remove leftovers, then create and start the component's container."""
+                     config_dir: Path, stop_timeout: float,
+                     env_file_env: Mapping[str, str] | None = None,
+                     memory_max: int | None = None) -> Started:
+    """Remove leftovers, then create and start the component's container.
+
+    `memory_max` (bytes, the core's key) becomes the container's memory limit.
+    """
+    from plugins.docker.options import MIN_MEMORY
+
+    if memory_max is not None and memory_max < MIN_MEMORY:
+        raise EngineError(f"memory_max {memory_max // 2**20}M is below the engine's minimum "
+                          "for a container (6M)")
     removed = remove_leftovers(instance, component_id)
     for line in removed:
         log.warning("%s: %s", component_id, line)
     _ensure_image(options["image"], options["pull"])
-    env: dict[str, str] = {}
-    if options["env_file"]:
-        env.update(read_env_file(config_dir / Path(options["env_file"]).expanduser()))
-    env.update(options["env"])
+    # The core read env_file at config load; the component's own env wins.
+    env = {**(env_file_env or {}), **options["env"]}
     api = client().api
     host_config = api.create_host_config(
         network_mode=options["network"],
         port_bindings=options["ports"] or None,
         mounts=_mounts(options["mounts"], config_dir) or None,
-        mem_limit=options["memory_max"],
+        mem_limit=memory_max,
         # The restart policy is the supervisor's, not the engine's.
         restart_policy={"Name": "no"},
         log_config=docker.types.LogConfig(type="json-file", config={

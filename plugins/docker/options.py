@@ -20,43 +20,21 @@ RESERVED_LABEL_PREFIX = "control-center."
 #: The smallest memory limit the Docker engine accepts.
 MIN_MEMORY = 6 * 2**20
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
-          "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40,
-          "tib": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _PORT = re.compile(r"^(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d+):(?P<container>\d+)"
                    r"(?:/(?P<proto>tcp|udp|sctp))?$")
 _MOUNT_KEYS = ("type", "source", "target", "read_only")
 _MOUNT_TYPES = ("bind", "volume", "tmpfs")
 PULL_POLICIES = ("missing", "never")
-KEYS = ("image", "command", "env", "env_file", "mounts", "network", "ports", "user",
-        "memory_max", "labels", "pull")
+#: `env_file` is the core's key: its values come as ComponentInfo.env_file_env.
+KEYS = ("image", "command", "env", "mounts", "network", "ports", "user",
+        "labels", "pull")
 #: Keys whose values are not one of OptionReader's kinds; checked here.
-_OWN_KEYS = ("mounts", "ports", "memory_max")
+_OWN_KEYS = ("mounts", "ports")
 
 
 def _type_name(value: object) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def memory_bytes(key: str, value: object) -> int:
-    """`512M`, `1.5GiB`, `"1048576"` or an integer of bytes -> bytes (powers of 1024)."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise OptionError(key, f'expected a size such as "512M" or an integer of bytes, got '
-                               f"{_type_name(value)}")
-    if isinstance(value, int):
-        size = value
-    else:
-        found = _SIZE.match(value)
-        unit = found.group(2).lower() if found else ""
-        if found is None or unit not in _UNITS:
-            raise OptionError(key, f'expected a size such as "512M", "1.5G" or "256MiB", '
-                                   f"got {value!r}")
-        size = int(float(found.group(1)) * _UNITS[unit])
-    if size < MIN_MEMORY:
-        raise OptionError(key, f"expected at least 6M (the engine's minimum), got {value!r}")
-    return size
 
 
 def _port(key: str, value: object) -> tuple[str, int | tuple[str, int]]:
@@ -131,7 +109,6 @@ def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
         "image": image,
         "command": opts.command("command", None),
         "env": opts.env_table("env", {}),
-        "env_file": opts.string("env_file", None),
         "network": opts.string("network", "host"),
         "user": opts.string("user", None),
         "labels": opts.string_table("labels", {}),
@@ -148,8 +125,6 @@ def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
         if label.startswith(RESERVED_LABEL_PREFIX):
             raise OptionError(f"labels.{label}", f"labels under {RESERVED_LABEL_PREFIX!r} "
                                                  "are set by Control Center itself")
-    memory = options.get("memory_max")
-    result["memory_max"] = None if memory is None else memory_bytes("memory_max", memory)
     mounts = options.get("mounts", [])
     if not isinstance(mounts, list):
         raise OptionError("mounts", f"expected an array of mounts, got {_type_name(mounts)}")

@@ -9,10 +9,17 @@
     env = { LOG_LEVEL = "info" }          # merged over the supervisor's env
     health_url = "http://127.0.0.1:8080/health"   # optional: 2xx = healthy
     health_tcp = "127.0.0.1:8080"                 # optional: connect = healthy
+    user = "www-data"                     # run as this user (the supervisor runs as root)
+    group = "www-data"                    # default: the user's primary group
+    umask = "022"                         # octal; default: the supervisor's
 """
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import re
 import socket
 import sys
 import urllib.error
@@ -23,12 +30,80 @@ from typing import Any
 
 from core import ComponentInfo, Launch, OptionError, OptionReader, Probe, hookimpl
 
+_UMASK = re.compile(r"^0?[0-7]{1,3}$|^0o[0-7]{1,3}$")
+
 
 def _host_port(key: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise OptionError(key, f'expected "host:port", got {value!r}')
     return host, int(port)
+
+
+def read_run_as(opts: OptionReader, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The `user`, `group` and `umask` keys of `options`, checked against this
+    machine's users and groups and against who the supervisor runs as.
+
+    Only the keys that are set are returned. The storage and api plugins
+    read them too; `launch_run_as` turns the result into Launch's keywords.
+    """
+    raw_umask = options.get("umask")
+    if isinstance(raw_umask, int) and not isinstance(raw_umask, bool):
+        raise OptionError("umask", f'expected an octal string such as "022", got an integer '
+                                   f"({raw_umask}): write it in quotes")
+    user = opts.string("user", None)
+    group = opts.string("group", None)
+    umask = opts.string("umask", None)
+    if user is not None:
+        _check_user(user)
+    if group is not None:
+        _check_group(group)
+    if umask is not None:
+        if not _UMASK.match(umask):
+            raise OptionError("umask", f'expected an octal mask such as "022" or "077", got '
+                                       f"{umask!r}")
+        umask = int(umask.removeprefix("0o"), 8)
+    found = {"user": user, "group": group, "umask": umask}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _whoami() -> str:
+    uid = os.geteuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_user(user: str) -> None:
+    if not user.strip():
+        raise OptionError("user", "expected a user name, got an empty string")
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise OptionError("user", f"unknown user {user!r} (not in the password "
+                                  "database)") from None
+    if os.geteuid() != 0 and uid != os.geteuid():
+        raise OptionError("user", f"the supervisor runs as {_whoami()}, not root: it can run "
+                                  f"children only as itself, not as {user!r}")
+
+
+def _check_group(group: str) -> None:
+    if not group.strip():
+        raise OptionError("group", "expected a group name, got an empty string")
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise OptionError("group", f"unknown group {group!r} (not in the group "
+                                   "database)") from None
+    if os.geteuid() != 0 and gid not in (os.getgid(), os.getegid()):
+        raise OptionError("group", f"the supervisor runs as {_whoami()}, not root: it can run "
+                                   f"children only in its own group, not {group!r}")
+
+
+def launch_run_as(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Launch's user=, group= and umask= from options read by `read_run_as`."""
+    return {k: options.get(k) for k in ("user", "group", "umask")}
 
 
 def read_options(options: Mapping[str, Any], *, command_required: bool = True) -> dict[str, Any]:
@@ -41,6 +116,7 @@ def read_options(options: Mapping[str, Any], *, command_required: bool = True) -
         "env": opts.env_table("env", {}),
         "health_url": opts.string("health_url", None),
         "health_tcp": opts.string("health_tcp", None),
+        **read_run_as(opts, options),
     }
     if result["health_url"] is not None and not result["health_url"].startswith(
             ("http://", "https://")):
@@ -72,7 +148,7 @@ def start(component: ComponentInfo) -> Launch:
     health = opts.get("health_url") or (
         f"tcp://{opts['health_tcp']}" if opts.get("health_tcp") else None)
     return Launch(argv=argv, cwd=cwd, env=opts.get("env") or {}, probe=health is not None,
-                  health=health)
+                  health=health, **launch_run_as(opts))
 
 
 def check_url(url: str, timeout: float) -> Probe:

@@ -6,6 +6,7 @@
     host = "127.0.0.1"
     data_dir = "data/storage" # default: the component's own data directory
     sync = "full"             # "full" survives power loss, "normal" a crash only
+    user = "cc-storage"       # also group, umask: as for the process plugin
 
 The probe reads the engine's /stats (concepts, associations, size on disk);
 stop asks the engine to checkpoint and exit before the core's signals.
@@ -21,6 +22,7 @@ from typing import Any
 
 from core import ComponentInfo, Launch, OptionError, OptionReader, Probe, hookimpl
 from plugins.jsonhttp import Unreachable, fetch_stats, read_host_port, request
+from plugins.process import launch_run_as, read_run_as
 
 
 @hookimpl
@@ -33,8 +35,9 @@ def validate_config(component_id: str, options: Mapping[str, Any]) -> Mapping[st
     sync = opts.string("sync", "full")
     if sync not in ("full", "normal"):
         raise OptionError("sync", f'expected "full" or "normal", got {sync!r}')
+    run_as = read_run_as(opts, options)
     opts.finish()
-    return {"host": host, "port": port, "data_dir": data_dir, "sync": sync}
+    return {**run_as, "host": host, "port": port, "data_dir": data_dir, "sync": sync}
 
 
 def _data_dir(component: ComponentInfo) -> Path:
@@ -55,7 +58,7 @@ def start(component: ComponentInfo) -> Launch:
                         "--sync", opts.get("sync", "full")),
                   # The engine is a module of this checkout: run it from the
                   # directory that holds the `plugins` package.
-                  cwd=str(Path(__file__).resolve().parents[2]))
+                  cwd=str(Path(__file__).resolve().parents[2]), **launch_run_as(opts))
 
 
 @hookimpl

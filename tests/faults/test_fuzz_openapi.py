@@ -40,8 +40,14 @@ def _fuzz(base_url: str, headers: dict[str, str],
 
     `spec` replaces the server's document (to prove the checks can fail).
     """
-    schema = (schemathesis.openapi.from_url(f"{base_url}/openapi.json") if spec is None
-              else schemathesis.openapi.from_dict(spec))
+    if spec is None:
+        spec = _served_document(base_url)
+        # A valid scale of a real id runs that many processes: up to 3 here,
+        # not the 1,000 the document allows (50 examples of that would spawn
+        # tens of thousands of children and time out).
+        scale = spec["components"]["schemas"]["ScaleRequest"]["properties"]["instances"]
+        scale["maximum"] = 3
+    schema = schemathesis.openapi.from_dict(spec)
     counts: dict[str, int] = {}
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -77,6 +83,16 @@ def _fuzz_one(operation: Any, base_url: str, headers: dict[str, str],
             case.call_and_validate(base_url=base_url, headers=headers, timeout=10)
 
         run()
+
+
+def _served_document(base_url: str) -> dict[str, Any]:
+    host, port = base_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/openapi.json")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
 
 
 def _assert_alive(base_url: str) -> None:

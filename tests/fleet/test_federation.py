@@ -137,3 +137,23 @@ async def test_a_wrong_remote_token_is_reported_and_nothing_crashes(fleet: Fleet
     assert parent.alive() and one.alive()
     assert wrong not in parent.all_logs()
     assert wrong not in answer.text
+
+
+async def test_scale_passes_through_the_parent(fleet: Fleet) -> None:
+    one = named(fleet.start("one", component_table("w", instances=1), token=CHILD_TOKEN),
+                "one")
+    parent = parent_of(fleet, one)
+    await watch(parent, lambda d: running(d, "one/w.0"))
+    url = parent.url + "/api/components/one%2Fw/scale"
+    async with httpx.AsyncClient(timeout=30) as client:
+        scaled = await client.post(url, json={"instances": 3}, headers=parent.auth())
+        assert scaled.status_code == 200, scaled.text
+        assert scaled.json()["component"]["instances"] == 3  # the remote's answer
+        await watch(parent, lambda d: running(d, "one/w.0", "one/w.1", "one/w.2"))
+        doc = await watch(parent, lambda d: d["components"]["one/w.2"].get("pid"))
+        assert doc["components"]["one/w.2"]["instance_of"] == "w"
+        # The remote's refusals come back as they were.
+        bad = await client.post(url, json={"instances": -1}, headers=parent.auth())
+        assert bad.status_code == 400 and "got -1" in bad.json()["error"]
+        refused = await client.post(url, json={"instances": 1})
+        assert refused.status_code == 401

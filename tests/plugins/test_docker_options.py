@@ -11,7 +11,7 @@ import pytest
 
 from core import OptionError
 from plugins.docker.instance import instance_id
-from plugins.docker.options import memory_bytes, read_options
+from plugins.docker.options import read_options
 from tests.faults.helpers import Core
 from tests.plugins.docker_engine import docker_table, free_port, write_config
 
@@ -20,22 +20,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults() -> None:
     assert read_options({"image": "nginx:1.27"}) == {
-        "image": "nginx:1.27", "command": None, "env": {}, "env_file": None,
+        "image": "nginx:1.27", "command": None, "env": {},
         "network": "host", "user": None, "labels": {}, "pull": "missing",
-        "memory_max": None, "mounts": [], "ports": {}}
+        "mounts": [], "ports": {}}
 
 
 def test_every_key_normalised() -> None:
     opts = read_options({
-        "image": "app", "command": "serve --port 80", "env": {"A": "1"}, "env_file": "a.env",
+        "image": "app", "command": "serve --port 80", "env": {"A": "1"},
         "network": "appnet", "user": "1000:1000", "labels": {"team": "web"},
-        "memory_max": "1.5G", "pull": "never",
+        "pull": "never",
         "mounts": ["./data:/data", "/etc/app:/etc/app:ro", "cache:/cache",
                    {"type": "tmpfs", "target": "/tmp"},
                    {"source": "/srv", "target": "/srv", "read_only": True}],
         "ports": ["8080:80", "127.0.0.1:8443:443/tcp", "5353:53/udp"]})
     assert opts["command"] == ["serve", "--port", "80"]
-    assert opts["memory_max"] == int(1.5 * 2**30)
     assert opts["mounts"] == [
         {"type": "bind", "source": "./data", "target": "/data", "read_only": False},
         {"type": "bind", "source": "/etc/app", "target": "/etc/app", "read_only": True},
@@ -43,13 +42,6 @@ def test_every_key_normalised() -> None:
         {"type": "tmpfs", "source": "", "target": "/tmp", "read_only": False},
         {"type": "bind", "source": "/srv", "target": "/srv", "read_only": True}]
     assert opts["ports"] == {"80/tcp": 8080, "443/tcp": ("127.0.0.1", 8443), "53/udp": 5353}
-
-
-@pytest.mark.parametrize(("value", "expected"), [
-    (6 * 2**20, 6 * 2**20), ("512M", 512 * 2**20), ("512m", 512 * 2**20),
-    ("256MiB", 256 * 2**20), ("1g", 2**30), ("2 GB", 2 * 2**30), ("10485760", 10485760)])
-def test_memory_sizes(value: object, expected: int) -> None:
-    assert memory_bytes("memory_max", value) == expected
 
 
 @pytest.mark.parametrize(("options", "key", "words"), [
@@ -60,9 +52,6 @@ def test_memory_sizes(value: object, expected: int) -> None:
     ({"image": "x", "command": []}, "command", "non-empty"),
     ({"image": "x", "env": {"A": 1}}, "env.A", "expected a string"),
     ({"image": "x", "network": ""}, "network", "network"),
-    ({"image": "x", "memory_max": "lots"}, "memory_max", '"512M"'),
-    ({"image": "x", "memory_max": True}, "memory_max", "a boolean"),
-    ({"image": "x", "memory_max": "1M"}, "memory_max", "at least 6M"),
     ({"image": "x", "mounts": "a:/b"}, "mounts", "an array"),
     ({"image": "x", "mounts": ["nocolon"]}, "mounts[0]", "SOURCE:TARGET"),
     ({"image": "x", "mounts": ["a:/b:rx"]}, "mounts[0]", '"ro" or "rw"'),

@@ -27,7 +27,7 @@ METRICS = {"timestamp", "total_concepts", "total_associations", "storage_size_mb
 SEED_FIELDS = {"name", "state", "pid", "uptime", "cpu_percent", "memory_mb", "error",
                "last_updated"}
 EXTRA_FIELDS = {"plugin", "restarts", "exit_code", "health", "next_restart_in", "depends_on",
-                "metrics"}
+                "metrics", "containment", "limits"}
 
 
 async def close_code(ws, timeout: float = 5.0) -> int:

@@ -55,13 +55,16 @@ export function onUnauthorized(handler) {
  * Fetch JSON from the API. Errors (network, 4xx/5xx) become ApiError whose
  * message is the server's JSON `error` when there is one.
  */
-export async function api(path, {method = "GET", signal} = {}) {
+export async function api(path, {method = "GET", signal, json} = {}) {
   const headers = {Accept: "application/json"};
   const token = currentToken();
   if (token) headers.Authorization = `Bearer ${token}`;
+  // `json`: a request body, sent as JSON.
+  if (json !== undefined) headers["Content-Type"] = "application/json";
+  const payload = json === undefined ? undefined : JSON.stringify(json);
   let response;
   try {
-    response = await fetch(path, {method, headers, signal, cache: "no-store"});
+    response = await fetch(path, {method, headers, signal, cache: "no-store", body: payload});
   } catch (err) {
     if (err && err.name === "AbortError") throw err;
     throw new ApiError(0, "Server unreachable");

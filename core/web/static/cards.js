@@ -6,6 +6,7 @@
 import {api} from "./api.js";
 import {renderCardMetrics} from "./card-metrics.js";
 import {formatClock, formatMegabytes, formatNumber, formatUptime} from "./format.js";
+import {countInstances, renderScale} from "./scale.js";
 
 const CAN = {
   start: new Set(["stopped", "error"]),
@@ -103,6 +104,7 @@ export class ComponentCards {
       }
     }
     this.order = ids;
+    countInstances(components);
     this.layout();
     this.onCount(ids.length);
   }
@@ -224,6 +226,7 @@ export class ComponentCards {
     setText(card.note, notes.join(" · "));
     if (card.note.hidden !== (notes.length === 0)) card.note.hidden = notes.length === 0;
     this.renderButtons(card);
+    renderScale(card, c, (text, kind) => this.showFeedback(card, text, kind));
   }
 
   renderButtons(card) {

@@ -23,6 +23,7 @@ const WORDS = {
   reload: (e) => `config reloaded (added ${(e.added || []).length}, removed ` +
     `${(e.removed || []).length}, changed ${(e.changed || []).length})`,
   control: (e) => `${e.action} by ${e.actor}${e.address ? ` from ${e.address}` : ""}: ${e.result}`,
+  restart: (e) => `restarted: ${e.reason || ""}`,
 };
 
 export function describeEvent(event) {
