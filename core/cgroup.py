@@ -213,15 +213,17 @@ class Group:
         except (OSError, ValueError, IndexError):
             return None
 
-    def memory_bytes(self, controller: bool, leader: tuple[int, int] | None = None) -> int:
+    def memory_bytes(self, controller: bool, leader: tuple[int, int] | None = None,
+                     run: Group | None = None) -> int:
         """memory.current with the memory controller; else the RSS of its processes.
 
-        `leader`: (pid, bytes) already read this tick, not read again.
+        `leader`: (pid, bytes) already read this tick, not read again; `run`:
+        count only the processes of this run's cgroup (one read, no scan).
         """
         if controller:
             with contextlib.suppress(OSError, ValueError):
                 return int(_read_bytes(f"{self.path}/memory.current"))
-        pids = self.pids()
+        pids = _pids(run.path) if run is not None else self.pids()
         if leader is None or leader[0] not in pids:
             return rss_bytes(pids)
         return leader[1] + rss_bytes([p for p in pids if p != leader[0]])
@@ -240,6 +242,8 @@ class Tree:
         #: Why a wanted controller is not there (None: both are).
         self.missing = missing
         self._runs = 0
+        #: Each component's latest run, whose processes the figures read.
+        self.current: dict[str, Group] = {}
 
     def group(self, cid: str) -> Group:
         return Group(self.base / cid)
@@ -256,6 +260,7 @@ class Tree:
         self._runs += 1
         leaf = Group(comp.path / str(self._runs))
         leaf.path.mkdir(exist_ok=True)
+        self.current[cid] = leaf
         return leaf
 
     def component_ids(self) -> list[str]:

@@ -126,6 +126,8 @@ class Containment:
         self._cpu.pop(cid, None)
         self._over.pop(cid, None)
         self._oom_base.pop(cid, None)
+        if self.tree is not None:
+            self.tree.current.pop(cid, None)
         if self.tree is not None and not self.tree.group(cid).end():
             log.warning("the cgroup of %s could not be removed", cid)
 
@@ -163,7 +165,8 @@ class Containment:
                         cpu = round((usec - before[0]) / 1e4 / (now - before[1]), 1)
                     self._cpu[cid] = (usec, now)
                 memory = group.memory_bytes(self.enforced("memory"),
-                                            (pid, round(seen.memory_mb * 2**20)))
+                                            (pid, round(seen.memory_mb * 2**20)),
+                                            self.tree.current.get(cid))
                 procs[pid] = ProcessStats(cpu_percent=cpu, memory_mb=round(memory / 2**20, 1))
             elif memory_max is not None:
                 table = table or scan()
