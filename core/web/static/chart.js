@@ -68,6 +68,7 @@ export class LineChart {
     this.points = [];
     this.markers = [];
     this.width = 0;
+    this.knownWidth = 0;
     this.pending = false;
 
     container.classList.add("chart");
@@ -86,7 +87,13 @@ export class LineChart {
 
     // Redraw at the new width so text and strokes keep their size.
     if (typeof ResizeObserver === "function") {
-      this.observer = new ResizeObserver(() => this.scheduleRender());
+      // The width is read here, where layout is fresh, not in render(): a
+      // read there forces a layout of the whole page (1,000 cards) in the
+      // middle of the frame, and another one follows the drawing.
+      this.observer = new ResizeObserver(() => {
+        this.knownWidth = this.container.clientWidth;
+        this.scheduleRender();
+      });
       this.observer.observe(container);
     }
   }
@@ -138,7 +145,8 @@ export class LineChart {
   }
 
   render() {
-    const width = Math.max(200, Math.round(this.container.clientWidth || 600));
+    const measured = this.knownWidth || this.container.clientWidth;
+    const width = Math.max(200, Math.round(measured || 600));
     this.width = width;
     const plotW = width - PAD.left - PAD.right;
     const plotH = HEIGHT - PAD.top - PAD.bottom;
