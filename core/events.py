@@ -40,6 +40,8 @@ KINDS = ("state", "crashed", "restart_scheduled", "gave_up", "unhealthy", "recov
 QUEUE_SIZE = 1000
 #: Events kept in memory for `/ws` subscribers and the newest queries.
 RING_SIZE = 1000
+#: How long a query waits for the store to hold the events emitted before it.
+STORE_WAIT = 2.0
 
 
 def iso(ts: float) -> str:
@@ -195,6 +197,11 @@ class EventLog:
         self._store_warned = -1e9
         self._changed = trio.Event()
         self._writer: Consumer | None = None
+        # Events up to this id have been through the store's writer (stored,
+        # or counted in `unstored`): a query waits for those emitted before it.
+        self._stored_through = self._next_id - 1
+        self._stored = trio.Event()
+        self._writing = False  # the writer's task runs (EventLog.run)
         if store is not None:
             self._writer = Consumer("the event store", self._write_batch)
             self.consumers.append(self._writer)
@@ -230,6 +237,11 @@ class EventLog:
             for consumer in self.consumers:
                 if consumer.handle is not None:
                     nursery.start_soon(consumer.run)
+            self._writing = self._writer is not None
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._writing = False
 
     async def _write_batch(self, event: Event) -> None:
         assert self.store is not None and self._writer is not None
@@ -249,11 +261,21 @@ class EventLog:
                 log.error("events: cannot write to %s: %s (%d events not stored so far; "
                           "they are still pushed and notified)", self.store.path, exc,
                           self.unstored)
+        finally:
+            self._stored_through = max(self._stored_through, batch[-1].id)
+            stored, self._stored = self._stored, trio.Event()
+            stored.set()
 
     async def query(self, **filters: Any) -> list[Event]:
         if self.store is None:
             found = [e for e in self.recent if _matches(e, **filters)]
             return found[-filters.get("limit", 100):]
+        # What was emitted (and perhaps already pushed) before this query is
+        # in its answer: the store's writer runs behind the emitting code.
+        target = self._next_id - 1
+        with trio.move_on_after(STORE_WAIT):
+            while self._writing and self._stored_through < target:
+                await self._stored.wait()
         return await trio.to_thread.run_sync(lambda: self.store.query(**filters))  # type: ignore[union-attr]
 
 
