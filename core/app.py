@@ -38,6 +38,23 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the memory start-up freed back to the system (glibc's malloc_trim).
+
+    Parsing, imports and the first spawns leave free blocks all over the
+    heap, which count in the supervisor's RSS until reused: 4-5 MB of 45.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 def load_config(path: str | Path, plugins: PluginManager) -> Config:

@@ -14,12 +14,18 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 
-from core.client import DEFAULT_URL, ApiError, Client, StreamClosed
+if TYPE_CHECKING:
+    from core.client import Client
+
+#: core.client's DEFAULT_URL (a test keeps them equal): core.client and httpx
+#: are imported when a client command runs, not by every `python -m core`
+#: (httpx brings click and rich when they are installed: 10 MB of the
+#: supervisor's memory).
+DEFAULT_URL = "http://127.0.0.1:9000"
 
 TOKEN_ENV = "CONTROL_CENTER_TOKEN"
 #: How often `logs -f` asks for new lines.
@@ -65,6 +71,8 @@ def render_table(components: dict[str, dict[str, Any]], metrics: dict[str, Any])
 
 
 def _client(args: argparse.Namespace) -> Client:
+    from core.client import Client
+
     context = None
     if getattr(args, "cacert", None):
         context = ssl.create_default_context(cafile=args.cacert)
@@ -83,6 +91,10 @@ def _runner(body: Callable[[Client, argparse.Namespace], Awaitable[int]]
     """Wrap an async command: run it on trio, turn failures into one line + status 1."""
 
     def run(args: argparse.Namespace) -> int:
+        import httpx
+
+        from core.client import ApiError, StreamClosed
+
         async def main() -> int:
             async with _client(args) as client:
                 return await body(client, args)

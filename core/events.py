@@ -14,10 +14,12 @@ Events are kept in SQLite under the data directory, bounded by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import sqlite3
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +40,8 @@ KINDS = ("state", "crashed", "restart_scheduled", "gave_up", "unhealthy", "recov
 QUEUE_SIZE = 1000
 #: Events kept in memory for `/ws` subscribers and the newest queries.
 RING_SIZE = 1000
+#: How long a query waits for the store to hold the events emitted before it.
+STORE_WAIT = 2.0
 
 
 def iso(ts: float) -> str:
@@ -102,6 +106,8 @@ class EventStore:
     def __init__(self, path: Path, config: EventsConfig) -> None:
         self.path = path
         self.config = config
+        self._db: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, "
@@ -120,9 +126,36 @@ class EventStore:
             row = db.execute("SELECT MAX(id) FROM events").fetchone()
         return int(row[0] or 0)
 
+    def _writer_db(self) -> sqlite3.Connection:
+        # One connection for the writes, kept open: connecting (and setting
+        # WAL) took half of each write's time. Writes come from whichever
+        # worker thread is free, one at a time (the writer awaits each).
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, timeout=5, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        return self._db
+
     def write(self, events: list[Event]) -> None:
         """Store `events` and apply the retention (blocking: call from a thread)."""
-        with self._connect() as db:
+        with self._write_lock:
+            try:
+                self._write(events)
+            except (sqlite3.Error, OSError):
+                db, self._db = self._db, None  # the next write starts afresh
+                if db is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.close()
+                raise
+
+    def close(self) -> None:
+        """Close the writer's connection (a later write opens it again)."""
+        with self._write_lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+
+    def _write(self, events: list[Event]) -> None:
+        with self._writer_db() as db:
             db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)",
                            [(e.id, e.kind, e.time, e.component, json.dumps(dict(e.data)))
                             for e in events])
@@ -164,6 +197,11 @@ class EventLog:
         self._store_warned = -1e9
         self._changed = trio.Event()
         self._writer: Consumer | None = None
+        # Events up to this id have been through the store's writer (stored,
+        # or counted in `unstored`): a query waits for those emitted before it.
+        self._stored_through = self._next_id - 1
+        self._stored = trio.Event()
+        self._writing = False  # the writer's task runs (EventLog.run)
         if store is not None:
             self._writer = Consumer("the event store", self._write_batch)
             self.consumers.append(self._writer)
@@ -199,6 +237,11 @@ class EventLog:
             for consumer in self.consumers:
                 if consumer.handle is not None:
                     nursery.start_soon(consumer.run)
+            self._writing = self._writer is not None
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._writing = False
 
     async def _write_batch(self, event: Event) -> None:
         assert self.store is not None and self._writer is not None
@@ -218,11 +261,21 @@ class EventLog:
                 log.error("events: cannot write to %s: %s (%d events not stored so far; "
                           "they are still pushed and notified)", self.store.path, exc,
                           self.unstored)
+        finally:
+            self._stored_through = max(self._stored_through, batch[-1].id)
+            stored, self._stored = self._stored, trio.Event()
+            stored.set()
 
     async def query(self, **filters: Any) -> list[Event]:
         if self.store is None:
             found = [e for e in self.recent if _matches(e, **filters)]
             return found[-filters.get("limit", 100):]
+        # What was emitted (and perhaps already pushed) before this query is
+        # in its answer: the store's writer runs behind the emitting code.
+        target = self._next_id - 1
+        with trio.move_on_after(STORE_WAIT):
+            while self._writing and self._stored_through < target:
+                await self._stored.wait()
         return await trio.to_thread.run_sync(lambda: self.store.query(**filters))  # type: ignore[union-attr]
 
 

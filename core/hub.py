@@ -13,6 +13,7 @@ charts (`GET /api/history`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -60,10 +61,14 @@ class Snapshot:
     seq: int
     #: The snapshot document; never mutated after publish.
     doc: Mapping[str, Any]
-    #: json.dumps(doc), done once at publish.
-    text: str
     #: trio.current_time() at publish.
     mono: float
+
+    @functools.cached_property
+    def text(self) -> str:
+        """json.dumps(doc), done once, by the first client that needs it: a
+        supervisor nobody watches encodes no snapshot."""
+        return json.dumps(self.doc)
 
 
 def _point(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,7 +131,7 @@ class Hub:
                 log.exception("merging the remotes into the snapshot")
         seq = 1 if self.latest is None else self.latest.seq + 1
         now = trio.current_time()
-        snap = Snapshot(seq=seq, doc=doc, text=json.dumps(doc), mono=now)
+        snap = Snapshot(seq=seq, doc=doc, mono=now)
         self.latest = snap
         self._filtered = {}
         self._history.append((now, json.dumps(_point(local))))

@@ -18,12 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import smtplib
 import ssl
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +194,9 @@ class Notifier:
     def _email(self, text: str, payload: dict[str, Any]) -> None:
         c = self.config
         assert c.host is not None
+        import smtplib  # here: only a config with an email notifier pays for it
+        from email.message import EmailMessage
+
         message = EmailMessage()
         message["Subject"] = f"[Control Center] {text}"[:200]
         message["From"] = c.sender

@@ -370,8 +370,9 @@ class ChildProcess:
             # The leader is gone; give the rest of the group the same deadline.
             # Polled (no pidfd for processes that are not our children), less
             # often as it drags on: 200 stubborn stops must not saturate the loop.
+            # Nothing left in the table read after the exit: no second pass.
             delay = 0.01
-            while self._group_alive() or any(alive(p) for p in others):
+            while not nothing_left and (self._group_alive() or any(alive(p) for p in others)):
                 await trio.sleep(delay)
                 delay = min(delay * 1.5, 0.2)
         if self.returncode is None:

@@ -158,6 +158,9 @@ class Runner:
             except (SpawnError, PluginError) as exc:
                 comp.error = str(exc)
                 comp.log.note(f"start failed: {exc}")
+                # In the supervisor's own log too: a state that stays
+                # "starting" logs no transition that would tell why.
+                log.warning("%s: start failed: %s", cfg.id, exc)
                 quick = True
                 code: int | None = None
             else:

@@ -26,7 +26,7 @@ from core.events import KINDS as EVENT_KINDS
 from core.events import parse_since
 from core.hub import Hub
 from core.identity import required_role
-from core.web import metrics, openapi
+from core.web import openapi
 from core.web.remote_rest import RemoteControl
 from core.web.rest import Handlers, error
 from core.web.security import (
@@ -171,8 +171,8 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
               fanout: Fanout, notifiers: list[Any] | None = None) -> Root:
     """The HTTP side of port 9000 (everything but `/ws`), guarded like `/ws`."""
     handlers = Handlers(supervisor, hub, fanout.events)  # type: ignore[arg-type]  # None: tests
-    registry = metrics.make_registry(hub, lambda: len(fanout.clients), fanout.events,
-                                     notifiers)
+    # prometheus_client (2.5 MB) is imported by the first GET /metrics.
+    registry: list[Any] = []
     spec = openapi.document(version())
     info = {"version": version(), "interval": hub.interval,
             "auth_required": fanout.auth.required, "max_clients": server.max_clients}
@@ -216,7 +216,12 @@ def build_app(supervisor: SupervisorAPI | None, hub: Hub, server: ServerConfig,
         return JSONResponse({"events": [e.as_dict() for e in found]})
 
     async def prometheus(request: Request) -> Response:
-        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+        from core.web import metrics
+
+        if not registry:
+            registry.append(metrics.make_registry(hub, lambda: len(fanout.clients),
+                                                  fanout.events, notifiers))
+        return Response(metrics.render(registry[0]), media_type=metrics.CONTENT_TYPE)
 
     routes = [
         Route("/", index, methods=["GET"]),

@@ -168,8 +168,12 @@ class Fanout:
     async def watchdog(self) -> None:
         """Cut off clients whose send has been blocked for too long."""
         limit = STUCK_INTERVALS * self.hub.interval
+        seq = 0
         while True:
-            await trio.sleep(self.hub.interval)
+            # Woken with the fan-out by each snapshot (no wake-up of its own),
+            # or after an interval and a half without one.
+            with trio.move_on_after(self.hub.interval * 1.5):
+                seq = (await self.hub.wait_after(seq)).seq
             now = trio.current_time()
             for client in list(self.clients):
                 started = client.conn.send_started

@@ -40,13 +40,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
 from core import ComponentInfo, Launch, Probe, hookimpl
-from plugins.docker import engine, stats
-from plugins.docker.follow import STOP_SIGNALS
 from plugins.docker.instance import instance_id
 from plugins.docker.options import read_options
+
+# The Docker SDK (with requests: several MB) is imported by the hooks that
+# use it (engine, stats, follow), not when the plugin is loaded: a
+# supervisor with no docker component never pays for it.
 
 FOLLOW = Path(__file__).resolve().with_name("follow.py")
 #: The longest the stop hook waits for a follower to catch its signals.
@@ -75,6 +75,8 @@ def validate_config(component_id: str, options: Mapping[str, Any]) -> Mapping[st
 
 @hookimpl
 def start(component: ComponentInfo) -> Launch:
+    from plugins.docker import engine, stats
+
     stop_timeout = _stop_timeout(component)
     _stopping.discard(component.id)
     started = engine.create_and_start(
@@ -98,6 +100,8 @@ def start(component: ComponentInfo) -> Launch:
 
 def _catches_stop_signals(pid: int) -> bool | None:
     """Whether `pid` has its handlers for the stop signals yet; None once it is gone."""
+    from plugins.docker.follow import STOP_SIGNALS
+
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -127,6 +131,10 @@ def stop(component: ComponentInfo, pid: int) -> None:
 
 @hookimpl
 def probe(component: ComponentInfo, pid: int) -> Probe | None:
+    import docker.errors
+
+    from plugins.docker import engine, stats
+
     if component.id in _stopping:
         return None  # being stopped: the follower reports the end, not the probe
     cid = _containers.get(component.id)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from core.events import EventLog, EventsConfig, EventStore
 from core.notify import Notifier, NotifyConfig
@@ -34,6 +35,21 @@ def test_the_store_keeps_events_and_their_retention(tmp_path):
     assert only[-1].as_dict()["reason"] == "exit 79"
     # A new log on the same store goes on numbering after the last stored id.
     assert EventLog(store).emit("reload").id == 81
+
+
+async def test_a_query_answers_with_every_event_emitted_before_it(tmp_path):
+    # The store is written from a worker thread, behind the emitting code: a
+    # query made at once must still see what was emitted (and pushed) before.
+    store = EventStore(tmp_path / "events.sqlite3", EventsConfig(keep_days=1, max_rows=10_000))
+    log = EventLog(store)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(300):
+            log.emit("control", "a", actor="alice", action="stop", n=i)
+        found = await log.query(component="a", kind="control", limit=1000)
+        nursery.cancel_scope.cancel()
+    assert [e.data["n"] for e in found] == list(range(300))
 
 
 async def test_a_consumer_that_falls_behind_loses_events_never_the_emitter():

@@ -168,3 +168,15 @@ async def test_client_gives_up_after_max_attempts():
         nursery.cancel_scope.cancel()
     assert "gave up after 3 attempts" in str(gave_up.value)
     assert trio.current_time() - t0 >= 0.01 + 0.02 + 0.04  # 3 s, 6 s, 12 s ... scaled
+
+
+def test_the_parser_leaves_httpx_to_the_client_commands():
+    # httpx (with click and rich, when installed) is 10 MB of a supervisor
+    # that never runs a client command: only the commands import it.
+    from core import client, client_cli
+
+    assert client_cli.DEFAULT_URL == client.DEFAULT_URL
+    code = ("import sys; from core import cli; cli.build_parser(); "
+            "sys.exit(1 if 'httpx' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60)
+    assert done.returncode == 0

@@ -16,6 +16,12 @@ const CAN = {
 const BUSY_LABEL = {start: "Starting…", stop: "Stopping…", restart: "Restarting…"};
 const LABEL = {start: "Start", stop: "Stop", restart: "Restart"};
 const MAX_LOG_LINES = 1000;
+// Up to this many cards, every shown card is filled on every update. Past
+// it, only the cards on screen (or within ON_SCREEN_MARGIN of it) are: one
+// off screen is filled, with its latest figures, as it scrolls into view.
+// With 1,000 cards that is the difference between filling 1,000 and ~30.
+export const EAGER_CARDS = 100;
+const ON_SCREEN_MARGIN = "600px 0px";
 
 function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
@@ -36,6 +42,27 @@ export class ComponentCards {
     this.groups = new Map();
     this.filter = {name: "", state: "", group: ""};
     this.order = [];
+    this.screen = typeof IntersectionObserver === "function"
+      ? new IntersectionObserver((entries) => this.onScreenChange(entries),
+        {rootMargin: ON_SCREEN_MARGIN})
+      : null;
+  }
+
+  onScreenChange(entries) {
+    for (const entry of entries) {
+      const card = this.cards.get(entry.target.dataset.id);
+      if (!card || card.root !== entry.target) continue;
+      card.onScreen = entry.isIntersecting;
+      if (card.onScreen && !card.root.hidden && card.data !== card.latest) {
+        this.fill(card, card.latest, card.latestRest);
+      }
+    }
+  }
+
+  // Whether an update fills `card` now, or leaves it until it is on screen.
+  fillsNow(card) {
+    return card.data === null || card.onScreen || this.screen === null ||
+      this.cards.size <= EAGER_CARDS;
   }
 
   /** Show only cards matching `name` (in name or id) and `state`, grouped by `group`. */
@@ -88,6 +115,7 @@ export class ComponentCards {
     for (const [cid, card] of this.cards) {
       if (!(cid in components)) {
         this.stopCardLogs(card);
+        if (this.screen) this.screen.unobserve(card.root);
         card.root.remove();
         this.cards.delete(cid);
       }
@@ -97,6 +125,7 @@ export class ComponentCards {
       if (!card) {
         card = this.create(cid);
         this.cards.set(cid, card);
+        if (this.screen) this.screen.observe(card.root);
       }
       if (!this.older(card, components[cid], false)) {
         card.latest = components[cid];
@@ -128,7 +157,10 @@ export class ComponentCards {
       if (group.list.children[at] !== card.root) {
         group.list.insertBefore(card.root, group.list.children[at] || null);
       }
-      if (card.data !== card.latest) this.fill(card, card.latest, card.latestRest);
+      if (card.data !== card.latest) {
+        if (this.fillsNow(card)) this.fill(card, card.latest, card.latestRest);
+        else this.fillState(card, card.latest);
+      }
     }
     // Hidden cards go after the shown ones of whichever list holds them.
     let index = 0;
@@ -154,7 +186,7 @@ export class ComponentCards {
     root.id = `component-${cid}`;
     const q = (selector) => root.querySelector(selector);
     const card = {
-      cid, root, data: null, latest: null, latestRest: false, pending: null,
+      cid, root, data: null, latest: null, latestRest: false, pending: null, onScreen: false,
       feedbackTimer: null, buttonsKey: "",
       name: q(".card-name"), state: q(".state-text"), error: q(".card-error"),
       note: q(".card-note"), feedback: q(".card-feedback"), logsName: q(".logs .sr-only"),
@@ -190,6 +222,16 @@ export class ComponentCards {
     const at = c.last_updated || "";
     const known = card.latest.last_updated || "";
     return at < known || (at === known && card.latestRest && !rest);
+  }
+
+  // An off-screen card's state stays current (a rare change, and what the
+  // page is searched by); its figures wait until it is on screen.
+  fillState(card, c) {
+    const state = c.state || "stopped";
+    if (card.root.dataset.state !== state) {
+      card.root.dataset.state = state;
+      setText(card.state, state);
+    }
   }
 
   fill(card, c, rest = false) {

@@ -68,6 +68,10 @@ export class LineChart {
     this.points = [];
     this.markers = [];
     this.width = 0;
+    this.knownWidth = 0;
+    this.drawnWidth = 0;
+    this.lines = null;
+    this.legendValues = null;
     this.pending = false;
 
     container.classList.add("chart");
@@ -86,7 +90,13 @@ export class LineChart {
 
     // Redraw at the new width so text and strokes keep their size.
     if (typeof ResizeObserver === "function") {
-      this.observer = new ResizeObserver(() => this.scheduleRender());
+      // The width is read here, where layout is fresh, not in render(): a
+      // read there forces a layout of the whole page (1,000 cards) in the
+      // middle of the frame, and another one follows the drawing.
+      this.observer = new ResizeObserver(() => {
+        this.knownWidth = this.container.clientWidth;
+        this.scheduleRender();
+      });
       this.observer.observe(container);
     }
   }
@@ -138,14 +148,27 @@ export class LineChart {
   }
 
   render() {
-    const width = Math.max(200, Math.round(this.container.clientWidth || 600));
+    const measured = this.knownWidth || this.container.clientWidth;
+    const width = Math.max(200, Math.round(measured || 600));
     this.width = width;
     const plotW = width - PAD.left - PAD.right;
     const plotH = HEIGHT - PAD.top - PAD.bottom;
-    this.svg.setAttribute("viewBox", `0 0 ${width} ${HEIGHT}`);
-    this.svg.setAttribute("width", String(width));
-    this.svg.setAttribute("height", String(HEIGHT));
-    this.svg.replaceChildren();
+    if (this.drawnWidth !== width) {
+      this.drawnWidth = width;
+      this.svg.setAttribute("viewBox", `0 0 ${width} ${HEIGHT}`);
+      this.svg.setAttribute("width", String(width));
+      this.svg.setAttribute("height", String(HEIGHT));
+    }
+    // The grid and markers are a few elements, drawn afresh; the lines are
+    // kept from one draw to the next and only their paths change (a new
+    // element per line and per legend entry on every snapshot was most of
+    // the charts' cost in the frame).
+    const keep = this.lines && this.lines.series === this.series ? this.lines : null;
+    if (!this.layers) {
+      this.layers = {grid: svg("g", {class: "chart-grid"}),
+        marks: svg("g", {class: "chart-markers"}), lines: svg("g", {class: "chart-lines"})};
+      this.svg.replaceChildren(this.layers.grid, this.layers.marks, this.layers.lines);
+    }
 
     const points = this.points;
     let top = 0;
@@ -162,7 +185,8 @@ export class LineChart {
     const x = (t) => PAD.left + (points.length > 1 ? ((t - t0) / span) * plotW : plotW);
     const y = (v) => PAD.top + plotH - (Math.min(v, yMax) / yMax) * plotH;
 
-    const grid = svg("g", {class: "chart-grid"});
+    const grid = this.layers.grid;
+    grid.replaceChildren();
     for (const fraction of [0, 0.5, 1]) {
       const gy = PAD.top + plotH - fraction * plotH;
       grid.append(svg("line", {x1: PAD.left, x2: width - PAD.right, y1: gy, y2: gy}));
@@ -182,10 +206,10 @@ export class LineChart {
       empty.textContent = "Waiting for data…";
       grid.append(empty);
     }
-    this.svg.append(grid);
 
+    const marks = this.layers.marks;
+    if (marks.firstChild) marks.replaceChildren();
     if (points.length > 1) {
-      const marks = svg("g", {class: "chart-markers"});
       for (const m of this.markers) {
         if (m.t < t0 || m.t > t1) continue;
         const mx = x(m.t).toFixed(1);
@@ -196,10 +220,12 @@ export class LineChart {
         line.append(title);
         marks.append(line);
       }
-      this.svg.append(marks);
     }
 
     const baseline = PAD.top + plotH;
+    const lines = keep || {series: this.series, paths: new Map()};
+    this.lines = lines;
+    if (!keep) this.layers.lines.replaceChildren();
     this.series.forEach((s) => {
       let d = "";
       let count = 0;
@@ -224,30 +250,57 @@ export class LineChart {
         count += 1;
       }
       if (open && this.series.length === 1) area += `L${runEnd},${baseline}L${runStart},${baseline}Z`;
-      if (area) {
-        this.svg.append(svg("path", {d: area, fill: s.color, "fill-opacity": "0.12",
-          stroke: "none", class: "chart-area"}));
+      let kept = lines.paths.get(s.key);
+      if (!kept) {
+        kept = {
+          area: svg("path", {fill: s.color, "fill-opacity": "0.12", stroke: "none",
+            class: "chart-area"}),
+          line: svg("path", {fill: "none", stroke: s.color, "stroke-width": "2",
+            "stroke-linejoin": "round", "stroke-linecap": "round", class: "chart-line",
+            "data-series": s.key}),
+        };
+        lines.paths.set(s.key, kept);
       }
-      this.svg.append(svg("path", {d, fill: "none", stroke: s.color, "stroke-width": "2",
-        "stroke-linejoin": "round", "stroke-linecap": "round", class: "chart-line",
-        "data-series": s.key, "data-points": String(count)}));
+      if (kept.line.parentNode !== this.layers.lines) this.layers.lines.append(kept.line);
+      if (area) {
+        if (kept.area.getAttribute("d") !== area) kept.area.setAttribute("d", area);
+        if (kept.area.parentNode !== this.layers.lines) {
+          this.layers.lines.insertBefore(kept.area, kept.line);
+        }
+      } else if (kept.area.parentNode === this.layers.lines) {
+        kept.area.remove();
+      }
+      if (kept.line.getAttribute("d") !== d) kept.line.setAttribute("d", d);
+      if (kept.line.dataset.points !== String(count)) kept.line.dataset.points = String(count);
     });
-    this.renderLegend();
+    this.renderLegend(keep !== null);
   }
 
-  renderLegend() {
+  renderLegend(same = false) {
     const last = this.points[this.points.length - 1];
+    const value = (s) => {
+      const v = last ? last.values[s.key] : null;
+      return typeof v === "number" ? this.format(v) : "–";
+    };
+    if (same && this.legendValues && this.legendValues.length === this.series.length) {
+      // The same lines: only the figures change.
+      this.series.forEach((s, i) => {
+        const text = value(s);
+        if (this.legendValues[i].textContent !== text) this.legendValues[i].textContent = text;
+      });
+      return;
+    }
+    this.legendValues = [];
     const items = this.series.map((s) => {
       const li = document.createElement("li");
       const swatch = document.createElement("span");
       swatch.className = "swatch";
       swatch.style.background = s.color;
-      const v = last ? last.values[s.key] : null;
-      const text = typeof v === "number" ? this.format(v) : "–";
       li.append(swatch, `${s.label} `);
       const strong = document.createElement("strong");
-      strong.textContent = text;
+      strong.textContent = value(s);
       li.append(strong);
+      this.legendValues.push(strong);
       return li;
     });
     this.legend.replaceChildren(...items);
