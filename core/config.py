@@ -6,9 +6,7 @@ the supervisor behaves the same whatever directory it is started from.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import shlex
 import signal
 import tomllib
@@ -19,12 +17,13 @@ from types import MappingProxyType
 from typing import Any
 
 from core import schema
+from core.config_reader import _read, _read_token_file, _Reader
+from core.config_tables import _parse_auth, _parse_events, _parse_notify
 from core.envfile import EnvFileError, read_env_files
 from core.errors import ConfigError, OptionError, did_you_mean
-from core.events import KINDS as EVENT_KINDS
 from core.events import EventsConfig
-from core.identity import AuthConfig, algorithm_for, load_public_key
-from core.notify import NOTIFIER_KINDS, NotifyConfig
+from core.identity import AuthConfig
+from core.notify import NotifyConfig
 from core.options import UnknownOptionError
 from core.options import describe as _describe
 from core.signing import load_signing_key
@@ -147,173 +146,6 @@ _COMMON_KEYS = set(schema.COMPONENT_KEYS)
 
 #: validate(component_id, plugin, options) -> normalised options; raises OptionError.
 Validator = Callable[[str, str, Mapping[str, Any]], Mapping[str, Any]]
-
-
-class _Reader:
-    """Typed access to one TOML table, raising ConfigError with the key path."""
-
-    def __init__(self, path: Path, prefix: str, table: Mapping[str, Any]) -> None:
-        self.path = str(path)
-        self.prefix = prefix
-        self.table = table
-
-    def error(self, key: str | None, message: str) -> ConfigError:
-        full = f"{self.prefix}.{key}" if key else self.prefix
-        return ConfigError(self.path, full, message)
-
-    def check_keys(self, allowed: set[str], *, extra_ok: bool = False) -> None:
-        if extra_ok:
-            return
-        for key in self.table:
-            if key not in allowed:
-                suffix = did_you_mean(key, allowed)
-                raise self.error(key, f"unknown key{suffix}")
-
-    def get(self, key: str, default: Any, kind: type | tuple[type, ...], expected: str) -> Any:
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (
-            kind if isinstance(kind, tuple) else (kind,)))
-        if not ok:
-            raise self.error(key, f"expected {expected}, got {_describe(value)}")
-        return value
-
-    def string(self, key: str, default: Any) -> Any:
-        value = self.get(key, default, str, "a string")
-        if isinstance(value, str) and not value.strip():
-            raise self.error(key, "expected a non-empty string")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        return self.get(key, default, bool, "true or false")
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        value = self.get(key, default, int, "an integer")
-        if not lo <= value <= hi:
-            raise self.error(key, f"expected an integer from {lo} to {hi}, got {value}")
-        return value
-
-    def number(self, key: str, default: float, lo: float, hi: float = math.inf) -> float:
-        value = self.get(key, default, (int, float), "a number")
-        if not (lo <= value <= hi) or math.isnan(value):
-            bounds = f">= {lo}" if hi == math.inf else f"from {lo} to {hi}"
-            raise self.error(key, f"expected a number {bounds}, got {value}")
-        return float(value)
-
-    def path_value(self, key: str, default: Path | None, base: Path) -> Path | None:
-        value = self.string(key, None)
-        if value is None:
-            return None if default is None else (base / default)
-        return base / Path(value).expanduser()
-
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.get(key, list(default), list, "an array of strings")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.error(f"{key}[{i}]", f"expected a string, got {_describe(item)}")
-        return tuple(value)
-
-
-def _parse_signal(reader: _Reader, key: str, default: int) -> int:
-    value = reader.get(key, None, (str, int), 'a signal name such as "SIGTERM"')
-    if value is None:
-        return default
-    if isinstance(value, int):
-        valid = {s.value for s in signal.Signals}
-        if value not in valid:
-            raise reader.error(key, f"expected a signal number, got {value}")
-        return value
-    name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return signal.Signals[name].value
-    except KeyError:
-        names = [s.name for s in signal.Signals]
-        suffix = did_you_mean(name, names)
-        raise reader.error(key, f"unknown signal {value!r}{suffix}") from None
-
-
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-#: The smallest memory_max: below it not even an interpreter starts.
-MIN_SIZE = 2**20
-
-
-def _size(r: _Reader, name: str) -> int | None:
-    """A size such as "512M" (K/M/G: powers of 1024) or an integer of bytes, >= 1M."""
-    value = r.get(name, None, (str, int), 'a size such as "512M"')
-    if value is None:
-        return None
-    found = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if isinstance(value, str) and found is None:
-        raise r.error(name, f'expected a size such as "512M" (K, M or G), got {value!r}')
-    size = value if isinstance(value, int) else int(
-        float(found.group(1)) * _UNITS[found.group(2).lower()])  # type: ignore[union-attr]
-    if size < MIN_SIZE:
-        raise r.error(name, f"expected at least 1M, got {value!r}")
-    return size
-
-
-def _read(r: _Reader, key: schema.Key, base: Path) -> Any:
-    """One key by its definition in core.schema: type, default and bounds."""
-    kind, name = key.kind, key.name
-    if kind == "size":
-        return _size(r, name)
-    if kind == "number" and key.default is None and name not in r.table:
-        return None
-    if kind == "integer":
-        assert key.low is not None and key.high is not None, name  # integers have bounds
-        return r.integer(name, key.default, int(key.low), int(key.high))
-    if kind == "number":
-        high = math.inf if key.high is None else key.high
-        return r.number(name, key.default, key.low if key.low is not None else -math.inf, high)
-    if kind == "boolean":
-        return r.boolean(name, key.default)
-    if kind == "strings":
-        return r.strings(name, key.default)
-    if kind == "paths":
-        value = r.table.get(name)
-        if value is not None and not isinstance(value, str | list):
-            raise r.error(name, f"expected a path (string) or an array of paths, got "
-                                f"{_describe(value)}")
-        found = r.strings(name, key.default) if not isinstance(value, str) else (
-            r.string(name, None),)
-        return tuple(base / Path(p).expanduser() for p in found)
-    if kind == "integers":
-        value = r.get(name, list(key.default), list, "an array of integers")
-        for i, item in enumerate(value):
-            if not isinstance(item, int) or isinstance(item, bool):
-                raise r.error(f"{name}[{i}]", f"expected an integer, got {_describe(item)}")
-            if key.low is not None and key.high is not None and not (
-                    key.low <= item <= key.high):
-                raise r.error(f"{name}[{i}]", f"expected an integer from {int(key.low)} to "
-                                              f"{int(key.high)}, got {item}")
-        return tuple(value)
-    if kind == "path":
-        default = None if key.default is None else Path(key.default)
-        return r.path_value(name, default, base)
-    if kind == "signal":
-        return _parse_signal(r, name, signal.Signals[key.default].value)
-    if kind == "choice":
-        value = r.string(name, key.default)
-        if value not in key.choices:
-            raise r.error(name, f"expected one of {', '.join(map(repr, key.choices))}, "
-                                f"got {value!r}")
-        return value
-    return r.string(name, key.default)
-
-
-def _read_token_file(r: _Reader, path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise r.error("token_file", f"cannot read {path}: "
-                                    f"{getattr(exc, 'strerror', None) or exc}") from None
-    if not token:
-        raise r.error("token_file", f"expected a token, {path} is empty")
-    return token
 
 
 def _parse_server(path: Path, table: Mapping[str, Any]) -> ServerConfig:
@@ -449,115 +281,6 @@ def parse(text: str, path: Path, *, plugins: set[str] | None = None,
 
 #: The top-level tables of config.toml.
 _TABLES = ("server", "components", "auth", "events", "notify", "remotes")
-
-
-def _parse_events(path: Path, table: Any) -> EventsConfig:
-    if not isinstance(table, dict):
-        raise ConfigError(str(path), "events", "expected a table [events]")
-    r = _Reader(path, "events", table)
-    r.check_keys({"keep_days", "max_rows"})
-    d = EventsConfig()
-    return EventsConfig(keep_days=r.number("keep_days", d.keep_days, 0.001, 36500),
-                        max_rows=r.integer("max_rows", d.max_rows, 10, 100_000_000))
-
-
-_NOTIFY_KEYS = {
-    "webhook": {"url", "headers"},
-    "command": {"command"},
-    "email": {"host", "port", "starttls", "user", "password_file", "from", "to"},
-}
-_NOTIFY_COMMON = {"kind", "events", "components", "min_interval", "timeout", "retries"}
-
-
-def _parse_notify(path: Path, tables: Any, components: set[str]) -> tuple[NotifyConfig, ...]:
-    if not isinstance(tables, dict):
-        raise ConfigError(str(path), "notify", "expected tables [notify.<name>]")
-    found = []
-    for name, table in tables.items():
-        where = f"notify.{name}"
-        if not isinstance(table, dict):
-            raise ConfigError(str(path), where, f"expected a table [{where}]")
-        r = _Reader(path, where, table)
-        kind = r.string("kind", None)
-        if kind not in NOTIFIER_KINDS:
-            raise r.error("kind", f"expected one of {', '.join(map(repr, NOTIFIER_KINDS))}, "
-                                  f"got {kind!r}")
-        r.check_keys(_NOTIFY_COMMON | _NOTIFY_KEYS[kind])
-        events = r.strings("events", ())
-        if not events:
-            raise r.error("events", f"is required: the events to tell of, among "
-                                    f"{', '.join(EVENT_KINDS)}")
-        for i, event in enumerate(events):
-            if event not in EVENT_KINDS:
-                raise r.error(f"events[{i}]", f"unknown event {event!r}"
-                                              f"{did_you_mean(event, EVENT_KINDS)}")
-        chosen = r.strings("components", ()) if "components" in table else None
-        for i, cid in enumerate(chosen or ()):
-            if cid not in components:
-                raise r.error(f"components[{i}]", f"no component {cid!r}"
-                                                  f"{did_you_mean(cid, components)}")
-        values: dict[str, Any] = {
-            "name": name, "kind": kind, "events": events, "components": chosen,
-            "min_interval": r.number("min_interval", 60.0, 0, 86400),
-            "timeout": r.number("timeout", 10.0, 0.1, 600),
-            "retries": r.integer("retries", 3, 0, 100)}
-        if kind == "webhook":
-            url = r.string("url", None)
-            if url is None or not url.startswith(("http://", "https://")):
-                raise r.error("url", "expected an http:// or https:// URL")
-            headers = r.get("headers", {}, dict, "a table of strings")
-            for key, value in headers.items():
-                if not isinstance(value, str):
-                    raise r.error(f"headers.{key}", "expected a string")
-            values.update(url=url, headers=MappingProxyType(dict(headers)))
-        elif kind == "command":
-            command = r.strings("command", ())
-            if not command:
-                raise r.error("command", "is required: the program and its arguments")
-            values["command"] = command
-        else:
-            host = r.string("host", None)
-            to = r.strings("to", ())
-            if host is None or not to:
-                raise r.error("host" if host is None else "to",
-                              "is required for an email notifier (host and to)")
-            password = r.path_value("password_file", None, path.parent)
-            if password is not None and not password.is_file():
-                raise r.error("password_file", f"expected a readable file, {password} "
-                                               "does not exist")
-            values.update(host=host, port=r.integer("port", 25, 1, 65535), to=to,
-                          starttls=r.boolean("starttls", False), user=r.string("user", None),
-                          password_file=password,
-                          sender=r.string("from", "control-center@localhost"))
-        found.append(NotifyConfig(**values))
-    return tuple(found)
-
-#: HS256 wants a key of at least 256 bits (RFC 7518 3.2).
-MIN_JWT_SECRET = 32
-
-
-def _parse_auth(path: Path, table: Any) -> AuthConfig:
-    if not isinstance(table, dict):
-        raise ConfigError(str(path), "auth", "expected a table [auth]")
-    r = _Reader(path, "auth", table)
-    r.check_keys(set(schema.AUTH_KEYS))
-    values = {k.name: _read(r, k, path.parent) for k in schema.AUTH}
-    secret, public = values["jwt_secret"], values["jwt_public_key"]
-    if secret is not None and public is not None:
-        raise r.error("jwt_public_key", "jwt_secret and jwt_public_key exclude each other; "
-                                        "set one")
-    if secret is not None and len(secret.encode()) < MIN_JWT_SECRET:
-        raise r.error("jwt_secret", f"expected at least {MIN_JWT_SECRET} characters (HS256 "
-                                    f"wants 256 bits), got {len(secret.encode())}")
-    if public is not None:
-        try:
-            algorithm_for(load_public_key(public))
-        except OSError as exc:
-            raise r.error("jwt_public_key", f"cannot read {public}: "
-                                            f"{exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise r.error("jwt_public_key", str(exc)) from None
-    return AuthConfig(**values)
 
 
 def _check_dependencies(path: Path, components: Mapping[str, ComponentConfig]) -> None:
