@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from core import health, health_log
 from core.component import Component, call_hook, describe_exc, exit_text
 from core.containment import Containment
 from core.errors import PluginError
 from core.instances import INSTANCE_ENV
-from core.model import Launch, Probe
+from core.model import Launch
 from core.policy import Action, Backoff, after_exit
+from core.probing import BUILTIN_CHECKS, PROBE_THREADS, Probing
 from core.process import ChildProcess, SpawnError
 from core.runas import RunAsError, hand_over, launch_env
 from core.states import ComponentState, check_transition
@@ -35,20 +35,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("control_center")
 
 S = ComponentState
-#: While a component starts, probe this often until it first reports healthy.
-STARTUP_PROBE_INTERVAL = 0.1
-#: Probes running at once in worker threads, all components together.
-PROBE_THREADS = 16
 #: Built-in plugins whose start hook never blocks (the process plugin only
 #: resolves paths and reads its options): called on the event loop, which
 #: spares each restart a worker-thread round trip (several ms on a busy
 #: machine). Every other plugin's hooks run in worker threads.
 INLINE_START = frozenset({"process"})
-#: Built-in health checks open at once (a socket each), all components together.
-BUILTIN_CHECKS = 256
 
 
-class Runner:
+class Runner(Probing):
     """Runs each component's task; holds the components and the change event."""
 
     def __init__(self, config: Config, plugins: PluginManager,
@@ -293,78 +287,6 @@ class Runner:
             self.record.remove(child.pid)
         comp.log.note(self.containment.exit_text(comp.cfg.id, code))
         return code
-
-    # -- probes ------------------------------------------------------------------
-
-    async def probe(self, comp: Component, done: trio.Event) -> None:
-        """One probe of `comp`: its built-in check on the loop, or its plugin's
-        probe hook in a worker thread; bounded by probe_timeout either way."""
-        pid = comp.pid
-        if pid is None:
-            done.set()
-            return
-        comp.probe_busy_since = time.monotonic()
-        was = comp.health
-        try:
-            if comp.cfg.health_cmd:
-                async with self._check_slots:
-                    result = await health.check_command(
-                        comp.cfg.health_cmd, comp.cfg.probe_timeout,
-                        cwd=str(self.config.config_dir), env={})
-                if comp.apply_probe(pid, result):
-                    self.notify()
-                return
-            if comp.health_check is not None:
-                async with self._check_slots:
-                    result = await self._builtin_check(comp.health_check,
-                                                       comp.cfg.probe_timeout)
-                if comp.apply_probe(pid, result):
-                    self.notify()
-                return
-            async with self._probe_slots:
-                result = await call_hook(self.plugins, comp, "probe",
-                                         timeout=comp.cfg.probe_timeout,
-                                         limiter=comp.probe_limiter, pid=pid)
-            if comp.apply_probe(pid, result):
-                self.notify()
-        except Exception as exc:
-            if comp.pid == pid:
-                comp.health = "unhealthy"
-                # A PluginError already names the plugin and the hook.
-                comp.probe_error = str(exc) if isinstance(exc, PluginError) else (
-                    f"probe failed: {describe_exc(exc)}")
-                if self.events is not None:
-                    self.events.emit("probe_error", comp.cfg.id, error=comp.probe_error)
-        finally:
-            comp.probe_busy_since = None
-            if comp.pid == pid:
-                health_log.note_change(comp, was, events=self.events)
-            done.set()
-
-    @staticmethod
-    async def _builtin_check(spec: str, timeout: float) -> Probe:
-        with trio.move_on_after(timeout):
-            return await health.check(spec)
-        return Probe(healthy=False, error=f"health check {spec} did not answer within "
-                                          f"{timeout:g} s")
-
-    async def _startup_probes(self, comp: Component) -> None:
-        deadline = trio.current_time() + comp.cfg.start_timeout
-        while comp.health == "starting" and trio.current_time() < deadline:
-            if comp.probe_busy_since is None:
-                ev = trio.Event()
-                await self.probe(comp, ev)
-                if comp.health == "healthy":
-                    return
-                # Not healthy yet is normal while starting: keep "starting".
-                comp.health = "starting"
-            await trio.sleep(STARTUP_PROBE_INTERVAL)
-        if comp.health == "starting":
-            comp.health = "unhealthy"
-            comp.probe_error = (comp.probe_error or
-                                f"not healthy {comp.cfg.start_timeout:g} s after start")
-            health_log.note_change(comp, "starting", start_timed_out=True, events=self.events)
-            self.notify()
 
     def restart_for(self, comp: Component, reason: str) -> None:
         """Restart a running component on the supervisor's own decision (memory_max)."""
