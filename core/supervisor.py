@@ -33,7 +33,6 @@ at run time: view/start/stop/restart of `ID` act on all its instances.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import time
@@ -52,11 +51,11 @@ from core.errors import ConfigError, ShuttingDown, UnknownComponent
 from core.logs import LogTail
 from core.model import ComponentInfo
 from core.plugins import PluginManager
-from core.process import reap_orphans
 from core.runner import Runner
 from core.scaling import Scaling
-from core.snapshot import StatsReader, SystemStats, build_document, iso_utc
+from core.snapshot import StatsReader, SystemStats, iso_utc
 from core.states import ComponentState
+from core.ticking import Ticking
 from core.watch import Watchers
 
 if TYPE_CHECKING:
@@ -67,18 +66,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("control_center")
 
 S = ComponentState
-#: Up to this many children the tick reads their figures on the event loop
-#: (about 20 us each); more go to a worker thread.
-INLINE_STATS = 100
-#: The snapshot is built this many components per event-loop step.
-PUBLISH_CHUNK = 250
-#: Out of descriptors or memory: the tick goes on with the last figures.
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 #: How long a reload may take to read and validate config.toml.
 CONFIG_LOAD_TIMEOUT = 5.0
 
 
-class Supervisor(Scaling):
+class Supervisor(Scaling, Ticking):
     """The components' public API, and the snapshot tick."""
 
     def __init__(self, config: Config, plugins: PluginManager, hub: Hub | None = None, *,
@@ -239,148 +231,6 @@ class Supervisor(Scaling):
             first_at = trio.current_time() + self.config.server.interval
             task_status.started()
             nursery.start_soon(self._tick_loop, first_at)
-
-    # -- the snapshot tick -----------------------------------------------------
-
-    async def _tick_loop(self, next_at: float) -> None:
-        """A snapshot every interval, on schedule.
-
-        The measuring (probes, the process table) starts ahead of each tick
-        by its own bound, so a slow probe or a busy machine makes the figures
-        a little older, never the snapshot late: clients get one every
-        interval, as the protocol says.
-        """
-        interval = self.config.server.interval
-        while True:
-            await trio.sleep_until(next_at - self._measure_bound())
-            stats = await self._measure()
-            await trio.sleep_until(next_at)
-            await self._publish(stats)
-            next_at += interval
-            now = trio.current_time()
-            if next_at < now:  # a tick took longer than an interval: do not burst
-                next_at = now + interval
-
-    async def tick(self) -> dict[str, Any]:
-        """One probe pass and one snapshot, published to the hub at once."""
-        return await self._publish(await self._measure())
-
-    def _measure_bound(self) -> float:
-        """How long a probe pass may wait for its probes."""
-        return min(self.config.server.interval * 0.5,
-                   max((c.cfg.probe_timeout for c in self._components.values()), default=1.0))
-
-    async def _measure(self) -> SystemStats:
-        """Probe the running components (bounded) and read the process table."""
-        deadline = self._measure_bound()
-        done: list[trio.Event] = []
-        nursery = self._runner.nursery
-        assert nursery is not None
-        pids = []
-        trees = []  # whose figures count the whole tree (core.containment)
-        contained = self._runner.containment.tree is not None
-        for comp in self._components.values():
-            pid = comp.pid
-            if pid is None:
-                continue
-            pids.append(pid)
-            if contained or comp.cfg.memory_max is not None:
-                trees.append((comp.cfg.id, pid, comp.cfg.memory_max))
-            if comp.probes and comp.probe_busy_since is None:  # else: still within its timeout
-                ev = trio.Event()
-                done.append(ev)
-                nursery.start_soon(self._runner.probe, comp, ev)
-        if len(pids) <= INLINE_STATS:
-            # Two /proc reads a child: cheaper here than the hop to a thread and back.
-            stats = self._read_stats(pids, trees)
-        else:
-            stats = await trio.to_thread.run_sync(self._read_stats, pids, trees)
-        with trio.move_on_after(deadline):
-            for ev in done:
-                await ev.wait()
-        return stats
-
-    async def _publish(self, stats: SystemStats) -> dict[str, Any]:
-        """The snapshot of the current state, with `stats`, to the hub.
-
-        Built PUBLISH_CHUNK components per event-loop step, so that 1,000 do
-        not hold the loop for one long step. Each entry is the component as
-        of its own step, and its last_updated is this snapshot's from then on:
-        a REST answer built in between is newer than the entry it follows and
-        older than the one it precedes, as the dashboard expects.
-        """
-        now = time.time()
-        mono = time.monotonic()
-        stamp = self._iso(now)
-        procs = stats.processes
-        described = {}
-        metrics = []
-        for n, (cid, comp) in enumerate(list(self._components.items()), 1):
-            if n % PUBLISH_CHUNK == 0:
-                await trio.lowlevel.checkpoint()
-            if comp.removed:  # by a reload meanwhile
-                continue
-            pid = comp.pid
-            ps = procs.get(pid) if pid is not None else None
-            if ps is None:
-                comp.cpu_percent = comp.memory_mb = None
-            else:
-                comp.cpu_percent, comp.memory_mb = ps.cpu_percent, ps.memory_mb
-                if comp.cfg.memory_max is not None:
-                    self._memory_guard(comp)
-            if pid is not None and comp.metrics:
-                metrics.append(comp.metrics)
-            comp.last_updated = now
-            described[cid] = comp.describe(mono, stamp)
-        doc = build_document(described, stats, metrics, now)
-        self.tick_count += 1
-        if self.hub is not None:
-            self.hub.publish(doc)
-        return doc
-
-    def _memory_guard(self, comp: Component) -> None:
-        assert comp.cfg.memory_max is not None
-        reason = self._runner.containment.memory_over(comp.cfg.id, comp.memory_mb,
-                                                      comp.cfg.memory_max)
-        if reason is not None and comp.state == S.RUNNING:
-            self._runner.restart_for(comp, reason)
-
-    def _read_stats(self, pids: list[int],
-                    trees: list[tuple[str, int, int | None]] | None = None) -> SystemStats:
-        # Adopted orphans (we are a subreaper) are reaped here; the pass over
-        # /proc this takes happens only when some child of ours is a zombie.
-        try:
-            reap_orphans()
-            stats = self._stats.read(pids)
-            if trees:
-                stats = self._runner.containment.figures(trees, stats)
-        except OSError as exc:
-            if exc.errno not in _RESOURCE_ERRNOS:
-                raise
-            # Out of descriptors or memory (EMFILE once killed the supervisor
-            # here): say so, show the last figures, try again next tick.
-            now = time.monotonic()
-            if now - self._resource_warned > 10:
-                self._resource_warned = now
-                log.error("reading the process table: %s; showing the last figures and "
-                          "retrying every tick", exc.strerror or exc)
-            return self._last_stats
-        self._last_stats = stats
-        return stats
-
-    def publish_current(self) -> dict[str, Any]:
-        """Publish a snapshot of the current state at once, without probes.
-
-        Used before the web server starts, so that its first client never
-        finds the hub empty.
-        """
-        now = time.time()
-        doc = build_document(
-            {cid: self._describe(c) for cid, c in self._components.items()},
-            self._stats.read([]), [], now)
-        if self.hub is not None:
-            self.hub.publish(doc)
-        return doc
 
     # -- helpers -----------------------------------------------------------
 
