@@ -253,7 +253,15 @@ class Supervisor(Scaling, Ticking):
                 comp.log.note(f"restarting: {reason}")
                 if self.events is not None:
                     self.events.emit("restart", comp.cfg.id, reason=reason)
-                nursery.start_soon(self.restart, comp.cfg.id)
+                nursery.start_soon(self._restart_quietly, comp.cfg.id)
+
+    async def _restart_quietly(self, cid: str) -> None:
+        """A restart of the supervisor's own (a watch): one refused by a shutdown or
+        a reload that removed the component meanwhile is no error."""
+        try:
+            await self.restart(cid)
+        except (ShuttingDown, UnknownComponent) as exc:
+            log.info("%s: not restarted: %s", cid, exc)
 
     def _describe(self, comp: Component) -> dict[str, Any]:
         return comp.describe(time.monotonic(), self._iso(comp.last_updated))

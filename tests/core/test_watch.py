@@ -224,3 +224,19 @@ async def test_a_reload_that_changes_only_watch_keeps_the_process_and_the_new_gl
         await run.running(other_than=pid)
 
     await supervise(path, body)
+
+
+async def test_a_watch_restart_refused_by_a_shutdown_harms_nothing(tmp_path):
+    """The burst's restart may meet a shutdown that began after the burst was seen:
+    refused, logged, and the supervisor goes on shutting down (it once died of it)."""
+    (tmp_path / "w").mkdir()
+    path = config(tmp_path, 'watch = ["w/*"]')
+
+    async def body(run: Running) -> None:
+        await run.running()
+        run.sup._shutting_down = True  # as shutdown() sets it first
+        await run.sup._restart_quietly("job")  # would raise ShuttingDown
+        await run.sup._restart_quietly("gone")  # removed meanwhile: UnknownComponent
+        assert run.sup.view("job")["state"] == "running"
+
+    await supervise(path, body)
