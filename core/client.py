@@ -99,9 +99,9 @@ class Client:
 
     # -- REST ----------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, **params: Any) -> Any:
+    async def _call(self, method: str, path: str, *, json: Any = None, **params: Any) -> Any:
         query = {k: v for k, v in params.items() if v is not None}
-        response = await self._http.request(method, path, params=query)
+        response = await self._http.request(method, path, params=query, json=json)
         try:
             body = response.json()
         except ValueError:
@@ -137,15 +137,8 @@ class Client:
 
     async def scale(self, cid: str, instances: int) -> dict[str, Any]:
         """Run `instances` processes of `cid` (until the server's next reload)."""
-        response = await self._http.post(f"/api/components/{quote(cid, safe='')}/scale",
-                                         json={"instances": instances})
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.status_code >= 400:
-            message = body.get("error") if isinstance(body, dict) else None
-            raise ApiError(response.status_code, message or response.text[:200])
+        body = await self._call("POST", f"/api/components/{quote(cid, safe='')}/scale",
+                                json={"instances": instances})
         return body["component"]
 
     async def logs(self, cid: str, *, lines: int | None = None,
