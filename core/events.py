@@ -166,13 +166,20 @@ class EventStore:
 
     def query(self, *, since: float | None = None, component: str | None = None,
               kind: str | None = None, limit: int = 100) -> list[Event]:
-        """The newest `limit` events matching, oldest first (blocking: call from a thread)."""
-        where, args = [], []
-        for column, value in (("time >= ?", since), ("component = ?", component),
-                              ("kind = ?", kind)):
+        """The newest `limit` events matching, oldest first (blocking: call from a thread).
+
+        `component` = ID matches ID and its instances ID.0 ...; ID.K only that one.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("time >= ?", since), ("kind = ?", kind)):
             if value is not None:
                 where.append(column)
                 args.append(value)
+        if component is not None:
+            # ID is also each of its instances, ID.0 ... (an id holds no dot).
+            where.append("(component = ? OR substr(component, 1, ?) = ?)")
+            args += [component, len(component) + 1, component + "."]
         sql = "SELECT id, kind, time, component, data FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -316,7 +323,8 @@ async def run_all(events: EventLog, notifiers: list[Any]) -> None:
 def _matches(event: Event, *, since: float | None = None, component: str | None = None,
              kind: str | None = None, limit: int = 100) -> bool:
     return ((since is None or event.time >= since)
-            and (component is None or event.component == component)
+            and (component is None or event.component == component
+                 or (event.component or "").startswith(component + "."))
             and (kind is None or event.kind == kind))
 
 

@@ -37,6 +37,20 @@ def test_the_store_keeps_events_and_their_retention(tmp_path):
     assert EventLog(store).emit("reload").id == 81
 
 
+@pytest.mark.parametrize("stored", [True, False], ids=["store", "memory"])
+async def test_a_component_query_matches_its_instances(tmp_path, stored):
+    store = EventStore(tmp_path / "events.sqlite3", EventsConfig(keep_days=1, max_rows=50)) \
+        if stored else None
+    log = EventLog(store)
+    for cid in ("w.0", "w.1", "w", "web.0", "w2", "x.0"):
+        log.emit("state", cid, old="running", new="error", reason="exit 1")
+    if store is not None:
+        store.write(list(log.recent))
+    ids = [e.component for e in await log.query(component="w")]
+    assert ids == ["w.0", "w.1", "w"]  # neither web.0 nor w2
+    assert [e.component for e in await log.query(component="w.1")] == ["w.1"]
+
+
 async def test_a_query_answers_with_every_event_emitted_before_it(tmp_path):
     # The store is written from a worker thread, behind the emitting code: a
     # query made at once must still see what was emitted (and pushed) before.
