@@ -153,7 +153,7 @@ def launch_env(info: ComponentInfo, launch: Launch) -> dict[str, str]:
         env = login_env(launch.user)
     except RunAsError:
         env = {}  # the spawn itself says why
-    env.update(getattr(info, "env_file_env", {}))
+    env.update(info.env_file_env)
     env.update(launch.env)
     return env
 

@@ -82,8 +82,7 @@ def start(component: ComponentInfo) -> Launch:
     started = engine.create_and_start(
         component_id=component.id, instance=_instance(component), options=component.options,
         config_dir=component.config_dir, stop_timeout=stop_timeout,
-        env_file_env=getattr(component, "env_file_env", None),
-        memory_max=getattr(component, "memory_max", None))
+        env_file_env=component.env_file_env, memory_max=component.memory_max)
     old = _containers.get(component.id)
     if old is not None:
         stats.forget(old)

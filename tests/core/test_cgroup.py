@@ -9,7 +9,6 @@ of plain files that stands in for cgroupfs: what is written where.
 
 from __future__ import annotations
 
-import os
 import signal
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from core.config import parse
 from core.containment import Containment, size_text
 from core.logs import LogTail
 from core.process import ChildProcess
+from tests import cgroups
 from tests.core.helpers_process import alive, py, wait_text
 from tests.core.test_process import spawn_path  # noqa: F401  (fixture)
 
@@ -109,15 +109,7 @@ def test_limits_in_the_snapshot_say_who_enforces_them(tmp_path: Path) -> None:
     assert "for 2 probes in a row" in (kernel.memory_over("a", 2000.0, cfg.memory_max) or "")
 
 
-def _usable() -> str | None:
-    tree, why = cgroup.open_tree(f"control-center-probe-{uuid.uuid4().hex[:8]}")
-    if tree is None:
-        return why
-    os.rmdir(tree.base)
-    return None
-
-
-_WHY = _usable()
+_WHY = cgroups.why_not()
 
 
 @pytest.fixture

@@ -12,26 +12,16 @@ import contextlib
 import os
 import signal
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core import cgroup
+from tests import cgroups
 from tests.faults.helpers import SLEEP, Core, component, start, wait_for, write_config
 
-
-def _cgroups_usable() -> str | None:
-    """None if this process can make cgroups, else why not."""
-    tree, why = cgroup.open_tree(f"control-center-probe-{uuid.uuid4().hex[:8]}")
-    if tree is None:
-        return why
-    os.rmdir(tree.base)
-    return None
-
-
-_NO_CGROUPS = _cgroups_usable()
+_NO_CGROUPS = cgroups.why_not()
 needs_cgroups = pytest.mark.skipif(_NO_CGROUPS is not None,
                                    reason=f"cgroups cannot be made here: {_NO_CGROUPS}")
 
