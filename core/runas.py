@@ -12,8 +12,9 @@ against 0.27 ms without a switch); asking subprocess for
 user=/group=/extra_groups= instead makes it fork the whole interpreter
 (1.57 ms, the event loop held all along). setpriv sets the death signal after it changes the
 credentials (a credential change clears it), so the child still dies with
-the supervisor. Without setpriv, subprocess's keywords are used; its
-preexec_fn, which sets the death signal, runs after them.
+the supervisor. Without setpriv, the preexec_fn (core.spawn) joins the
+cgroup, then switches (switch(), with groups looked up before the fork), then
+sets the death signal.
 """
 
 from __future__ import annotations
@@ -123,20 +124,6 @@ def switch(run_as: RunAs, groups: list[int]) -> None:
         os.setresgid(run_as.gid, run_as.gid, run_as.gid)
     if run_as.uid is not None:
         os.setresuid(run_as.uid, run_as.uid, run_as.uid)
-
-
-def popen_kwargs(run_as: RunAs) -> dict[str, object]:
-    """subprocess.Popen's user=/group=/extra_groups= for `run_as`."""
-    kwargs: dict[str, object] = {}
-    if run_as.uid is not None:
-        kwargs["user"] = run_as.uid
-    if run_as.gid is not None:
-        kwargs["group"] = run_as.gid
-        if run_as.user is not None:
-            kwargs["extra_groups"] = os.getgrouplist(run_as.user, run_as.gid)
-        else:
-            kwargs["extra_groups"] = []
-    return kwargs
 
 
 def _user_name(uid: int) -> str:

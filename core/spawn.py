@@ -216,13 +216,9 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
     else:
         parent = os.getpid()
         run = argv
-        if cgroup is None:
-            kwargs.update(runas.popen_kwargs(run_as))
-            kwargs["preexec_fn"] = lambda: _preexec(parent)
-        else:
-            # The cgroup is joined as root, before the user is switched.
-            groups = runas.groups_of(run_as)
-            kwargs["preexec_fn"] = lambda: _preexec(parent, cgroup, run_as, groups)
+        # The cgroup is joined as root, before the user is switched.
+        groups = runas.groups_of(run_as)
+        kwargs["preexec_fn"] = lambda: _preexec(parent, cgroup, run_as, groups)
     try:
         return subprocess.Popen(
             run, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
