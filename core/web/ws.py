@@ -30,7 +30,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from core.config import ServerConfig
 from core.events import EventLog
-from core.hub import MAX_CACHED_FILTERS, Hub, Snapshot, normalise_metrics
+from core.hub import MAX_CACHED_FILTERS, Hub, Snapshot
 from core.identity import Identity
 from core.signing import Signer
 from core.web.conn import ClientConn
@@ -54,6 +54,8 @@ from core.web.security import (
     origin_ok,
     request_token,
 )
+from core.web.subscription import parse_subscription
+from core.web.wsclient import Client as _Client
 
 log = logging.getLogger(__name__)
 
@@ -61,57 +63,10 @@ log = logging.getLogger(__name__)
 STUCK_INTERVALS = 3.0
 #: Seconds to wait for the client's answer to our close frame.
 CLOSE_WAIT = 1.0
-#: Longest list in a subscription: more names than a snapshot holds is a
-#: client filling the server's memory, not a filter.
-MAX_SUBSCRIPTION_NAMES = 2000
-
 #: Events kept for a client that has not taken them yet.
 EVENTS_PER_CLIENT = 100
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
-
-
-class _Client:
-    __slots__ = ("_wake", "busy", "cancel", "close_code", "close_reason", "closing",
-                 "components", "conn", "events", "metrics", "seq", "signed",
-                 "ws")
-
-    def __init__(self, ws: WebSocketConnection, conn: ClientConn) -> None:
-        self.ws = ws
-        self.conn = conn
-        self.components: frozenset[str] | None = None
-        self.metrics: frozenset[str] | None = None
-        #: It asked for each snapshot as a JWS.
-        self.signed = False
-        #: Events for it not sent yet (it subscribed with "events": true), or None.
-        self.events: deque[str] | None = None
-        #: The seq of the last snapshot sent to this client.
-        self.seq = 0
-        #: The client's own task is sending (the fan-out loop leaves it alone).
-        self.busy = False
-        self.close_code: int | None = None
-        self.close_reason = ""
-        #: Its tasks are done: nothing but the close frame may follow.
-        self.closing = False
-        #: The receiver's scope (the sender ends with the connection's nursery).
-        self.cancel = trio.CancelScope()
-        self._wake = trio.Event()
-
-    @property
-    def peer(self) -> object:
-        return self.conn.peer
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def woken(self) -> None:
-        await self._wake.wait()
-        self._wake = trio.Event()
-
-    def stop(self, code: int, reason: str) -> None:
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
-        self.cancel.cancel()
 
 
 class Fanout:
@@ -403,38 +358,11 @@ class Fanout:
 
     def _handle(self, client: _Client, data: str | bytes) -> str | None:
         """Apply one client message; the error text for a bad one."""
-        try:
-            msg = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return f"expected a JSON object, got invalid JSON: {exc}"
-        if not isinstance(msg, dict):
-            return f"expected a JSON object, got {type(msg).__name__}"
-        kind = msg.get("type")
-        if kind != "subscribe":
-            return f"unknown message type {kind!r}; expected 'subscribe'"
-        parsed: dict[str, frozenset[str] | None] = {}
-        for key in ("components", "metrics"):
-            value = msg.get(key)
-            if value is not None and not (isinstance(value, list)
-                                          and all(isinstance(v, str) for v in value)):
-                return f"subscribe: {key!r} must be a list of strings"
-            if value is not None and len(value) > MAX_SUBSCRIPTION_NAMES:
-                return f"subscribe: {key!r} lists more than {MAX_SUBSCRIPTION_NAMES} names"
-            parsed[key] = None if value is None else frozenset(value)
-        unknown = set(msg) - {"type", "components", "metrics", "signed", "events"}
-        if unknown:
-            return f"subscribe: unknown keys {sorted(unknown)}"
-        signed = msg.get("signed", False)
-        if not isinstance(signed, bool):
-            return "subscribe: 'signed' must be true or false"
-        if signed and self.signer is None:
-            return "subscribe: signed snapshots need [server] signing_key on the server"
-        client.signed = signed
-        wants_events = msg.get("events", False)
-        if not isinstance(wants_events, bool):
-            return "subscribe: 'events' must be true or false"
-        client.events = deque(maxlen=EVENTS_PER_CLIENT) if wants_events else None
-        client.components = parsed["components"]
-        metrics = parsed["metrics"]
-        client.metrics = None if metrics is None else normalise_metrics(metrics)
+        sub = parse_subscription(data, can_sign=self.signer is not None)
+        if isinstance(sub, str):
+            return sub
+        client.signed = sub.signed
+        client.events = deque(maxlen=EVENTS_PER_CLIENT) if sub.events else None
+        client.components = sub.components
+        client.metrics = sub.metrics
         return None
