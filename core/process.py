@@ -1,8 +1,8 @@
-"""One OS process: spawn, output capture, stop escalation, and the stragglers.
+"""One OS process: spawn, stop escalation, and the stragglers.
 
 A ChildProcess is spawned from the main trio thread (core.spawn)
 (own session, parent-death signal, stdin from /dev/null, stdout and stderr
-drained line by line into a LogTail) and waited for with a pidfd, so the
+drained line by line into a LogTail by core.output) and waited for with a pidfd, so the
 event loop never blocks. Stopping it is polite first (the configured signal to
 the whole process group and to every descendant seen just before), then
 SIGKILL for whatever still lives, including grandchildren that left the group
@@ -47,7 +47,8 @@ from core.children import (
     reap_orphans,
     stragglers,
 )
-from core.logs import MAX_LINE, LogTail
+from core.logs import LogTail
+from core.output import Output
 from core.proctable import (
     CHILD_ENV,
     Table,
@@ -101,24 +102,6 @@ LEFTOVER_CHECK_DELAY = 0.02
 KILL_WAIT = 5.0
 
 
-def _split_lines(pending: bytes, data: bytes) -> tuple[list[bytes], bytes]:
-    """Complete lines in pending+data, and what is left; overlong runs become several lines."""
-    lines = (pending + data).split(b"\n")
-    rest = lines.pop()
-    out = []
-    for line in [*lines, rest]:
-        while len(line) > MAX_LINE:
-            cut = MAX_LINE
-            # Do not cut a UTF-8 sequence in two: back off over continuation bytes.
-            while cut > MAX_LINE - 4 and (line[cut] & 0xC0) == 0x80:
-                cut -= 1
-            out.append(line[:cut])
-            line = line[cut:]
-        out.append(line)
-    rest = out.pop()
-    return out, rest
-
-
 class ChildProcess:
     """One spawned OS process: its own session, death signal, drained output."""
 
@@ -139,9 +122,7 @@ class ChildProcess:
         self._pidfd: int | None = os.pidfd_open(self.pid)
         self._wait_lock = trio.Lock()
         self._exited = trio.Event()
-        self._drains_done = trio.Event()
-        self._drain_scope = trio.CancelScope()
-        self._streams: list[trio.lowlevel.FdStream] = []
+        self.output = Output(log)
         self._known: dict[int, psutil.Process] = {}
         self._stopping = False
 
@@ -178,21 +159,13 @@ class ChildProcess:
                 raise SpawnError(f"cannot watch {argv[0]}: {exc.strerror or exc}") from None
             _live[child.pid] = child
         try:
-            for pipe in (popen.stdout, popen.stderr):
-                assert pipe is not None
-                # Our own copy of the fd: FdStream owns and closes it, Popen forgets its
-                # file.
-                child._streams.append(trio.lowlevel.FdStream(os.dup(pipe.fileno())))
-                pipe.close()
+            child.output.take(popen)
         except OSError as exc:  # out of descriptors: a child we cannot drain must go
             child.kill_now()
-            for stream in child._streams:
-                stream.close()
             _abandon(popen)
             raise SpawnError(f"cannot take the output of {argv[0]}: {exc.strerror or exc}"
                              ) from None
-        popen.stdout = popen.stderr = None
-        nursery.start_soon(child._drain_all)
+        nursery.start_soon(child.output.run)
         nursery.start_soon(child._watch)
         # Not a cancellation point: a caller cancelled here would lose a live child.
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -200,34 +173,6 @@ class ChildProcess:
 
     def __repr__(self) -> str:
         return f"<ChildProcess pid={self.pid} returncode={self.returncode}>"
-
-    # -- output ---------------------------------------------------------------
-
-    async def _drain_all(self) -> None:
-        try:
-            with self._drain_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._drain, self._streams[0], "stdout")
-                    nursery.start_soon(self._drain, self._streams[1], "stderr")
-        finally:
-            for stream in self._streams:
-                stream.close()
-            self._drains_done.set()
-
-    async def _drain(self, stream: trio.lowlevel.FdStream, name: str) -> None:
-        pending = b""
-        try:
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    break
-                lines, pending = _split_lines(pending, data)
-                self.log.extend(name, [x.decode("utf-8", errors="replace") for x in lines])
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-        finally:
-            if pending:
-                self.log.append(name, pending.decode("utf-8", errors="replace"))
 
     # -- exit -----------------------------------------------------------------
 
@@ -258,7 +203,7 @@ class ChildProcess:
                     await trio.lowlevel.wait_readable(self._pidfd)
                 self._try_reap()
         with trio.move_on_after(EXIT_DRAIN):
-            await self._drains_done.wait()
+            await self.output.done.wait()
         assert self.returncode is not None
         return self.returncode
 
@@ -385,7 +330,7 @@ class ChildProcess:
                 self.log.note(f"pid {self.pid} survived SIGKILL for {KILL_WAIT:.1f} s; giving up")
                 return -signal.SIGKILL
         await self._end_leftovers(table if nothing_left else None)
-        await self._close_output()
+        await self.output.close(DRAIN_GRACE)
         self._release()
         if not nothing_left:
             table = await fresh_scan()
@@ -425,15 +370,6 @@ class ChildProcess:
                 while self.cgroup.populated():
                     await trio.sleep(0.01)
         self._known.clear()
-
-    async def _close_output(self) -> None:
-        with trio.move_on_after(DRAIN_GRACE):
-            await self._drains_done.wait()
-        if not self._drains_done.is_set():
-            self.log.note("output pipe still held open by an unknown process: stopped reading")
-            self._drain_scope.cancel()
-            with trio.move_on_after(1.0):
-                await self._drains_done.wait()
 
     def kill_now(self, table: Table | None = None) -> None:
         """Synchronous SIGKILL of the group and every known descendant (used at exit)."""
