@@ -54,7 +54,14 @@ def scan() -> Table:
     global _scan_cache
     began = time.monotonic()
     parents, groups, zombies = {}, {}, set()
-    for name in os.listdir("/proc"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        # Out of descriptors or memory: the last table read. A stop still
+        # reaches the process group and the cgroup; it can only miss a
+        # descendant forked since that read that also left the group.
+        return _scan_cache[1]
+    for name in names:
         if not name.isdigit():
             continue
         try:

@@ -9,6 +9,7 @@ and adds the public API and the snapshot tick on top.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -320,7 +321,13 @@ class Runner(Probing):
             except Exception as exc:
                 comp.log.note(f"stop hook failed: {describe_exc(exc)}")
         remaining = max(0.1, cfg.stop_timeout - (time.monotonic() - began))
-        code = await child.stop(cfg.stop_signal, remaining)
+        try:
+            code = await child.stop(cfg.stop_signal, remaining)
+        except Exception as exc:  # a stop that cannot finish must not leave it running
+            log.exception("%s: stopping failed", cfg.id)
+            comp.log.note(f"stopping failed ({describe_exc(exc)}): SIGKILL to all of it")
+            child.kill_now()
+            code = child.returncode if child.returncode is not None else -signal.SIGKILL
         if self.record is not None:
             self.record.remove(child.pid)
         comp.exit_code = code
