@@ -29,6 +29,8 @@ import signal
 import time
 from pathlib import Path
 
+from core.kept import KeptFiles, read_once
+
 #: The controllers a component's limits and figures use, where the kernel has them.
 WANTED = ("cpu", "memory")
 #: cpu.max's period, in microseconds (the kernel's default).
@@ -84,18 +86,15 @@ def _write(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _read_bytes(path: str) -> bytes:
-    # os.open/os.read: a third of the cost of open() in text mode, read every tick.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
+def usage_usec(cpu_stat: bytes) -> int | None:
+    """usage_usec, the first line of a cgroup's cpu.stat."""
+    first = cpu_stat.split(b"\n", 1)[0].split()
+    return int(first[1]) if len(first) == 2 and first[0] == b"usage_usec" else None
 
 
 def _pids(path: Path | str) -> list[int]:
     try:
-        return [int(x) for x in _read_bytes(f"{path}/cgroup.procs").split()]
+        return [int(x) for x in read_once(f"{path}/cgroup.procs").split()]
     except (OSError, ValueError):
         return []
 
@@ -125,7 +124,7 @@ def rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(_read_bytes(f"/proc/{pid}/statm").split()[1]) * _PAGE
+            total += int(read_once(f"/proc/{pid}/statm").split()[1]) * _PAGE
     return total
 
 
@@ -136,6 +135,8 @@ class Group:
         self.path = path
         #: The file a child writes its pid into to join (core.spawn).
         self.procs_file = str(path / "cgroup.procs")
+        self._cpu_stat = str(path / "cpu.stat")
+        self._memory_current = str(path / "memory.current")
 
     def __repr__(self) -> str:
         return f"<cgroup {self.path}>"
@@ -206,24 +207,41 @@ class Group:
             self.wait_empty(timeout)
         return self.remove()
 
-    def cpu_usec(self) -> int | None:
+    def figure_texts(self, controller: bool, run: Group | None,
+                     files: KeptFiles) -> tuple[bytes | None, bytes | None]:
+        """What the figures are read from: cpu.stat, and memory.current (with
+        the memory controller) or the cgroup.procs of `run`; None where it
+        cannot be read. Unchanged texts mean unchanged figures."""
         try:
-            first = _read_bytes(f"{self.path}/cpu.stat").split(b"\n", 1)[0].split()
-            return int(first[1]) if first[0] == b"usage_usec" else None
-        except (OSError, ValueError, IndexError):
-            return None
+            cpu: bytes | None = files.read(self._cpu_stat)
+        except OSError:
+            cpu = None
+        path = self._memory_current if controller else (
+            run.procs_file if run is not None else None)
+        memory = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                memory = files.read(path)
+        return cpu, memory
 
-    def memory_bytes(self, controller: bool, leader: tuple[int, int] | None = None,
-                     run: Group | None = None) -> int:
+    def memory_bytes(self, controller: bool, text: bytes | None,
+                     leader: tuple[int, int] | None = None, run: Group | None = None) -> int:
         """memory.current with the memory controller; else the RSS of its processes.
 
-        `leader`: (pid, bytes) already read this tick, not read again; `run`:
-        count only the processes of this run's cgroup (one read, no scan).
+        `text`: as figure_texts read it. `leader`: (pid, bytes) already read
+        this tick, not read again; `run`: count only the processes of this
+        run's cgroup (their list is `text`, no scan).
         """
-        if controller:
-            with contextlib.suppress(OSError, ValueError):
-                return int(_read_bytes(f"{self.path}/memory.current"))
-        pids = _pids(run.path) if run is not None else self.pids()
+        if controller and text is not None:
+            with contextlib.suppress(ValueError):
+                return int(text)
+            text = None
+        if run is None:
+            pids = self.pids()
+        elif text is not None and not controller:
+            pids = [int(x) for x in text.split()]
+        else:
+            pids = _pids(run.path)
         if leader is None or leader[0] not in pids:
             return rss_bytes(pids)
         return leader[1] + rss_bytes([p for p in pids if p != leader[0]])

@@ -9,13 +9,15 @@ cannot do here (no cgroups, or no kernel limits).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from core.cgroup import Group, Tree, open_tree, rss_bytes
+from core.cgroup import Group, Tree, open_tree, rss_bytes, usage_usec
 from core.component import exit_text
+from core.kept import KeptFiles
 from core.proctable import descendant_pids, scan
 from core.snapshot import ProcessStats, SystemStats
 from core.spawn import SpawnError
@@ -51,6 +53,11 @@ class Containment:
         self._cpu: dict[str, tuple[int, float]] = {}
         self._over: dict[str, int] = {}
         self._oom_base: dict[str, int] = {}
+        # The figures' cgroups and files, kept from tick to tick.
+        self._groups: dict[str, Group] = {}
+        self._files = KeptFiles()
+        # cid -> (the texts last read, the figures they give when unchanged)
+        self._last: dict[str, tuple[tuple[bytes | None, bytes | None, float], ProcessStats]] = {}
 
     @classmethod
     def open(cls, instance: str, *, enabled: bool) -> Containment:
@@ -126,6 +133,7 @@ class Containment:
         self._cpu.pop(cid, None)
         self._over.pop(cid, None)
         self._oom_base.pop(cid, None)
+        self._groups.pop(cid, None)
         if self.tree is not None:
             self.tree.current.pop(cid, None)
         if self.tree is not None and not self.tree.group(cid).end():
@@ -133,6 +141,7 @@ class Containment:
 
     def close(self) -> None:
         """At shutdown: every cgroup left is ended and removed."""
+        self._files.close()
         if self.tree is not None:
             self.tree.close()
 
@@ -150,29 +159,54 @@ class Containment:
         procs = dict(stats.processes)
         now = time.monotonic()
         table = None
+        tree = self.tree
+        controller = self.enforced("memory")
+        last, self._last = self._last, {}
         for cid, pid, memory_max in rows:
             seen = procs.get(pid)
             if seen is None:
                 continue
-            if self.tree is not None:
-                group = self.tree.group(cid)
-                usec = group.cpu_usec()
+            if tree is not None:
+                group = self._groups.get(cid)
+                if group is None:
+                    group = self._groups[cid] = tree.group(cid)
+                run = tree.current.get(cid)
+                cpu_text, memory_text = group.figure_texts(controller, run, self._files)
+                key = (cpu_text, memory_text, seen.memory_mb)
+                before = last.get(cid)
+                if (before is not None and before[0] == key and cid in self._cpu
+                        and (controller or memory_text == b"%d\n" % pid)):
+                    # Nothing changed since the last tick: no CPU used, the same
+                    # memory (memory.current, or the leader alone in its cgroup:
+                    # its own stat text is unchanged; other processes' memory
+                    # can shrink without a text here changing).
+                    self._cpu[cid] = (self._cpu[cid][0], now)
+                    self._last[cid] = before
+                    procs[pid] = before[1]
+                    continue
+                usec = None
+                with contextlib.suppress(ValueError):
+                    usec = usage_usec(cpu_text) if cpu_text is not None else None
                 cpu = seen.cpu_percent
                 if usec is not None:
-                    before = self._cpu.get(cid)
+                    previous = self._cpu.get(cid)
                     cpu = 0.0
-                    if before is not None and now > before[1] and usec >= before[0]:
-                        cpu = round((usec - before[0]) / 1e4 / (now - before[1]), 1)
+                    if previous is not None and now > previous[1] and usec >= previous[0]:
+                        cpu = round((usec - previous[0]) / 1e4 / (now - previous[1]), 1)
                     self._cpu[cid] = (usec, now)
-                memory = group.memory_bytes(self.enforced("memory"),
-                                            (pid, round(seen.memory_mb * 2**20)),
-                                            self.tree.current.get(cid))
-                procs[pid] = ProcessStats(cpu_percent=cpu, memory_mb=round(memory / 2**20, 1))
+                memory = round(group.memory_bytes(controller, memory_text,
+                                                  (pid, round(seen.memory_mb * 2**20)),
+                                                  run) / 2**20, 1)
+                procs[pid] = ProcessStats(cpu_percent=cpu, memory_mb=memory)
+                if usec is not None:
+                    self._last[cid] = (key, ProcessStats(cpu_percent=0.0, memory_mb=memory))
             elif memory_max is not None:
                 table = table or scan()
-                tree = [pid, *descendant_pids(pid, table.parents)]
+                pids = [pid, *descendant_pids(pid, table.parents)]
                 procs[pid] = ProcessStats(cpu_percent=seen.cpu_percent,
-                                          memory_mb=round(rss_bytes(tree) / 2**20, 1))
+                                          memory_mb=round(rss_bytes(pids) / 2**20, 1))
+        if tree is not None:
+            self._files.sweep()
         return SystemStats(cpu_percent=stats.cpu_percent,
                            memory_percent=stats.memory_percent, processes=procs)
 

@@ -8,15 +8,13 @@ few hundred processes takes milliseconds and must never run on the event loop.
 from __future__ import annotations
 
 import os
-import resource
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psutil
-
+from core.kept import KeptFiles
 from core.model import PLUGIN_METRICS
 
 #: Metrics a plugin contributes that are averaged, not summed, across components.
@@ -45,13 +43,6 @@ class SystemStats:
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
-#: Up to this many children keep their /proc/PID/stat open between ticks
-#: (one pread a tick instead of open, read, close); the rest open it each
-#: time. A quarter of the descriptor limit at most: each child already holds
-#: three (two pipes and a pidfd).
-KEEP_OPEN = min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
-
-
 def parse_stat(data: bytes) -> tuple[int, int, int] | None:
     """(start time, CPU ticks used, resident pages) from /proc/PID/stat; None for a zombie.
 
@@ -63,13 +54,28 @@ def parse_stat(data: bytes) -> tuple[int, int, int] | None:
     return int(fields[19]), int(fields[11]) + int(fields[12]), int(fields[21])
 
 
-def read_process(pid: int) -> tuple[int, int, int] | None:
-    """parse_stat of `pid`, opened for this read alone; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return parse_stat(f.read())
-    except (OSError, ValueError, IndexError):
-        return None
+def machine_cpu_times(text: bytes) -> tuple[int, int]:
+    """(busy, total) ticks of all CPUs from /proc/stat, counted as psutil counts them.
+
+    total: user nice system idle iowait irq softirq steal (guest time is
+    already inside user and nice); busy: total less idle and iowait.
+    """
+    fields = [int(x) for x in text[:text.index(b"\n")].split()[1:9]]
+    total = sum(fields)
+    return total - fields[3] - (fields[4] if len(fields) > 4 else 0), total
+
+
+def memory_used_percent(text: bytes) -> float:
+    """(MemTotal - MemAvailable) / MemTotal from /proc/meminfo, as psutil reports it."""
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(b":")
+        if key in (b"MemTotal", b"MemAvailable"):
+            values[key] = int(rest.split()[0])
+            if len(values) == 2:
+                break
+    total = values[b"MemTotal"]
+    return (total - values[b"MemAvailable"]) / total * 100 if total else 0.0
 
 
 class StatsReader:
@@ -77,64 +83,79 @@ class StatsReader:
 
     A process's first sample reports cpu_percent 0.0 (as psutil does): CPU
     use is a difference between two ticks. A pid whose start time changed is
-    another process, and starts over; a kept-open stat file of a process that
-    is gone fails to read rather than describe its pid's next owner. Not
+    another process, and starts over (a kept-open stat file of a process that
+    is gone fails to read and is opened afresh: the pid's next owner has
+    another start time). A text that did not change since the last pass is
+    not parsed again: the process used no CPU and kept its memory. Not
     thread-safe: one reader, one thread at a time (the tick awaits each pass
     before starting the next).
     """
 
     def __init__(self) -> None:
-        # pid -> (start time, CPU ticks, monotonic time of the sample)
-        self._last: dict[int, tuple[int, int, float]] = {}
-        self._files: dict[int, int] = {}
-        psutil.cpu_percent(None)  # prime: the first call always returns 0.0
+        # pid -> (the stat text, start time, CPU ticks, monotonic time, its
+        # figures if nothing changed: no CPU used, the same memory)
+        self._last: dict[int, tuple[bytes, int, int, float, ProcessStats]] = {}
+        # Each child's /proc/PID/stat, kept open (one pread a tick).
+        self._files = KeptFiles()
+        self._machine = KeptFiles()
+        self._cpu = self._machine_cpu()
 
-    def _sample(self, pid: int) -> tuple[int, int, int] | None:
-        fd = self._files.get(pid)
-        if fd is None:
-            if len(self._files) >= KEEP_OPEN:
-                return read_process(pid)
-            try:
-                fd = self._files[pid] = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return None
+    def _machine_cpu(self) -> tuple[int, int]:
+        return machine_cpu_times(self._machine.read("/proc/stat"))
+
+    def _machine_figures(self) -> tuple[float, float]:
+        """This machine's CPU use since the last pass, and memory in use (percent)."""
+        busy, total = self._machine_cpu()
+        before_busy, before_total = self._cpu
+        self._cpu = busy, total
+        cpu = (busy - before_busy) / (total - before_total) * 100 if total > before_total else 0.0
+        memory = memory_used_percent(self._machine.read("/proc/meminfo"))
+        return min(100.0, max(0.0, cpu)), memory
+
+    def _stat(self, pid: int) -> bytes | None:
         try:
-            return parse_stat(os.pread(fd, 1024, 0))
-        except (OSError, ValueError, IndexError):
-            self._files.pop(pid, None)
-            os.close(fd)
+            return self._files.read(f"/proc/{pid}/stat")
+        except OSError:
             return None
 
     def read(self, pids: Iterable[int]) -> SystemStats:
         last = self._last
         now = time.monotonic()
-        seen: dict[int, tuple[int, int, float]] = {}
+        seen: dict[int, tuple[bytes, int, int, float, ProcessStats]] = {}
         out: dict[int, ProcessStats] = {}
         for pid in pids:
-            sample = self._sample(pid)
-            if sample is None:
+            text = self._stat(pid)
+            if text is None:
+                continue
+            before = last.get(pid)
+            if before is not None and before[0] == text:
+                # Not a byte changed (an idle process): no CPU used, the same
+                # memory, nothing to parse.
+                seen[pid] = (text, before[1], before[2], now, before[4])
+                out[pid] = before[4]
+                continue
+            try:
+                sample = parse_stat(text)
+            except (ValueError, IndexError):
+                sample = None
+            if sample is None:  # a zombie
                 continue
             start, ticks, pages = sample
-            before = last.get(pid)
             cpu = 0.0
-            if before is not None and before[0] == start and now > before[2]:
-                cpu = (ticks - before[1]) / _TICKS / (now - before[2]) * 100
-            seen[pid] = (start, ticks, now)
-            out[pid] = ProcessStats(cpu_percent=round(cpu, 1),
-                                    memory_mb=round(pages * _PAGE_MB, 1))
+            if before is not None and before[1] == start and now > before[3]:
+                cpu = (ticks - before[2]) / _TICKS / (now - before[3]) * 100
+            memory = round(pages * _PAGE_MB, 1)
+            seen[pid] = (text, start, ticks, now, ProcessStats(0.0, memory))
+            out[pid] = ProcessStats(cpu_percent=round(cpu, 1), memory_mb=memory)
         self._last = seen
-        for pid in [p for p in self._files if p not in seen]:
-            os.close(self._files.pop(pid))
-        return SystemStats(
-            cpu_percent=round(psutil.cpu_percent(None), 1),
-            memory_percent=round(psutil.virtual_memory().percent, 1),
-            processes=out,
-        )
+        self._files.sweep()
+        cpu, memory = self._machine_figures()
+        return SystemStats(cpu_percent=round(cpu, 1), memory_percent=round(memory, 1),
+                           processes=out)
 
     def close(self) -> None:
-        for fd in self._files.values():
-            os.close(fd)
-        self._files.clear()
+        self._files.close()
+        self._machine.close()
 
     def __del__(self) -> None:
         self.close()

@@ -1,0 +1,207 @@
+"""The per-tick readers: core.kept, core.snapshot.StatsReader, Containment.figures.
+
+Real children, real /proc and (where this machine lets us make them) real
+cgroups. The readers skip the parse of a text that did not change since the
+last tick; these tests check that what they skip is what a full read gives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from core.containment import Containment
+from core.kept import KeptFiles
+from core.snapshot import ProcessStats, StatsReader, machine_cpu_times, memory_used_percent
+from tests import cgroups
+
+# Allocates about 40 MB, says so, then spins until killed.
+SPIN = ("import sys; keep = bytearray(40 * 2**20); keep[::4096] = b'x' * len(keep[::4096]);"
+        " print('ready', flush=True)\nwhile True: pass")
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", SPIN], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    yield proc
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+
+def _until(check, seconds: float = 10.0):  # type: ignore[no-untyped-def]
+    """check() until it gives something true, bounded; fails with what it last gave."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            assert got, got
+            return got
+        time.sleep(0.02)
+
+
+def test_kept_file_is_read_afresh_and_closed_when_its_process_is_gone(
+        sleeper: subprocess.Popen[bytes]) -> None:
+    files = KeptFiles(limit=8)
+    path = f"/proc/{sleeper.pid}/stat"
+    first = files.read(path)
+    assert first.startswith(f"{sleeper.pid} (sleep) ".encode())
+    assert files.read(path) == first and len(files) == 1  # one descriptor, read again
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    _until(lambda: files.read(path).split()[2] == b"T")  # the kernel's current text
+    sleeper.kill()
+    sleeper.wait()
+    with pytest.raises(OSError):
+        files.read(path)
+    assert len(files) == 0
+
+
+def test_kept_files_unread_in_a_pass_are_closed_and_the_limit_holds(
+        sleeper: subprocess.Popen[bytes]) -> None:
+    files = KeptFiles(limit=1)
+    files.read(f"/proc/{sleeper.pid}/stat")
+    assert files.read(f"/proc/{sleeper.pid}/statm")  # past the limit: read, not kept
+    assert len(files) == 1
+    files.sweep()
+    assert len(files) == 1  # read since the last sweep
+    files.sweep()
+    assert len(files) == 0
+    files.read("/proc/self/stat")
+    files.close()
+    assert len(files) == 0
+
+
+def test_an_idle_process_uses_no_cpu_and_keeps_its_memory(
+        sleeper: subprocess.Popen[bytes]) -> None:
+    reader = StatsReader()
+    first = reader.read([sleeper.pid]).processes[sleeper.pid]
+    again = reader.read([sleeper.pid]).processes[sleeper.pid]
+    assert first.cpu_percent == again.cpu_percent == 0.0
+    assert again.memory_mb == first.memory_mb > 0
+    reader.close()
+
+
+def test_a_busy_process_shows_its_cpu_and_memory_and_a_stopped_one_none(
+        spinner: subprocess.Popen[bytes]) -> None:
+    reader = StatsReader()
+    reader.read([spinner.pid])
+    busy = _until(lambda: reader.read([spinner.pid]).processes[spinner.pid].cpu_percent > 5)
+    figures = reader.read([spinner.pid]).processes[spinner.pid]
+    assert figures.memory_mb > 40
+    assert busy
+    os.kill(spinner.pid, signal.SIGSTOP)
+    # The read after the stop may still count the last ticks; then none.
+    _until(lambda: reader.read([spinner.pid]).processes[spinner.pid].cpu_percent == 0.0)
+    assert reader.read([spinner.pid]).processes[spinner.pid] == ProcessStats(
+        0.0, figures.memory_mb)
+    reader.close()
+
+
+def test_a_gone_process_is_left_out_and_its_descriptor_closed(
+        sleeper: subprocess.Popen[bytes]) -> None:
+    reader = StatsReader()
+    assert sleeper.pid in reader.read([sleeper.pid]).processes
+    sleeper.kill()
+    sleeper.wait()
+    assert reader.read([sleeper.pid]).processes == {}
+    assert len(reader._files) == 0
+    reader.close()
+
+
+STAT = (b"cpu  100 20 30 400 50 6 7 8 9 10\n"
+        b"cpu0 50 10 15 200 25 3 3 4 4 5\n")
+
+
+def test_machine_figures_are_counted_as_psutil_counts_them() -> None:
+    # total: user..steal (guest already inside user and nice); busy: less idle and iowait.
+    assert machine_cpu_times(STAT) == (100 + 20 + 30 + 6 + 7 + 8, 621)
+    meminfo = b"MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n"
+    assert memory_used_percent(meminfo) == 75.0
+    figures = StatsReader().read([])
+    assert 0.0 <= figures.cpu_percent <= 100.0 and 0.0 < figures.memory_percent < 100.0
+
+
+@pytest.fixture
+def containment() -> Iterator[Containment]:
+    if (why := cgroups.why_not()) is not None:
+        pytest.skip(f"cgroups cannot be made here: {why}")
+    made = Containment.open(f"control-center-test-{uuid.uuid4().hex[:8]}", enabled=True)
+    assert made.tree is not None
+    yield made
+    made.close()
+
+
+def _in_run(containment: Containment, cid: str, command: str) -> subprocess.Popen[bytes]:
+    assert containment.tree is not None
+    run = containment.tree.new_run(cid, None, None)
+    proc = subprocess.Popen(["sh", "-c", f"echo 0 > {run.procs_file}; exec {command}"],
+                            start_new_session=True)
+    _until(lambda: proc.pid in run.pids())
+    return proc
+
+
+def test_cgroup_figures_of_an_idle_component_stay_and_count_a_newcomer(
+        containment: Containment) -> None:
+    assert containment.tree is not None
+    # A shell that waits: its child joins the cgroup later, when the shell gets SIGUSR1.
+    proc = _in_run(containment, "c",
+                  "sh -c 'trap \"python3 -c \\\"x = bytearray(30 * 2**20); import time;"
+                  " time.sleep(60)\\\" & wait\" USR1; while :; do sleep 0.05; done'")
+    pid = proc.pid
+    reader = StatsReader()
+    try:
+        def figures() -> ProcessStats:
+            return containment.figures([("c", pid, None)], reader.read([pid])).processes[pid]
+
+        alone = figures()
+        assert figures().memory_mb == alone.memory_mb  # the shell's memory, read twice
+        run = containment.tree.current["c"]
+        os.kill(pid, signal.SIGUSR1)
+        _until(lambda: len(run.pids()) >= 3)
+        grown = _until(lambda: (f := figures()).memory_mb > alone.memory_mb + 25 and f)
+        assert grown.memory_mb > alone.memory_mb + 25
+    finally:
+        reader.close()
+        containment.tree.group("c").kill()
+        proc.wait(10)
+
+
+# Runs in its own process: no descriptor left, then the table is read again.
+NO_DESCRIPTOR_LEFT = """
+import os, resource, sys
+sys.path.insert(0, os.getcwd())
+from core.proctable import scan
+first = scan()
+assert os.getpid() in first.parents
+highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    os.open("/proc/self/stat", os.O_RDONLY)
+except OSError as exc:
+    print(exc.strerror)
+print(scan() is first)
+"""
+
+
+def test_the_process_table_without_a_descriptor_left_is_the_last_one_read() -> None:
+    # A stop reads the table first; out of descriptors it must go on, not fail.
+    out = subprocess.run([sys.executable, "-c", NO_DESCRIPTOR_LEFT], capture_output=True,
+                         text=True, timeout=30, cwd=os.path.dirname(os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__)))))
+    assert out.stdout.split("\n")[:2] == ["Too many open files", "True"], out.stderr
