@@ -184,6 +184,8 @@ def test_snapshots_leave_on_schedule_however_long_the_measuring_takes(tmp_path: 
             return stats
 
         sup._measure = slow_measure  # type: ignore[method-assign]
+        # As when some running component has probes to wait for.
+        sup._probing = lambda: True  # type: ignore[method-assign]
         t0 = trio.current_time()
         async with trio.open_nursery() as n:
             await n.start(sup.run)
@@ -202,6 +204,38 @@ def test_snapshots_leave_on_schedule_however_long_the_measuring_takes(tmp_path: 
     # On time while the pass fits its bound; the one that overran (0.8 s) is
     # late by the overrun, and the next one is back on schedule, no burst.
     assert published == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.3, 5.0, 6.0])
+
+
+def test_without_probes_the_table_is_read_at_the_tick_itself(tmp_path: Path, plugins) -> None:
+    # Nothing to wait for: one wake-up a tick, the figures read just before
+    # the snapshot leaves, not half an interval ahead.
+    cfg = make_config(tmp_path, "", plugins, interval=1.0)
+    hub = Hub(interval=1.0, history_seconds=0)
+    measured: list[float] = []
+    published: list[float] = []
+
+    async def main() -> None:
+        sup = Supervisor(cfg, plugins, hub)
+        measure = sup._measure
+
+        async def timed_measure():
+            measured.append(trio.current_time() - t0)
+            return await measure()
+
+        sup._measure = timed_measure  # type: ignore[method-assign]
+        t0 = trio.current_time()
+        async with trio.open_nursery() as n:
+            await n.start(sup.run)
+            seq = 0
+            while len(published) < 4:
+                snap = await hub.wait_after(seq)
+                seq = snap.seq
+                published.append(snap.mono - t0)
+            n.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert published == pytest.approx([0.0, 1.0, 2.0, 3.0])
+    assert measured[-3:] == pytest.approx([1.0, 2.0, 3.0])
 
 
 async def test_depends_on_waits_for_healthy(tmp_path: Path, plugins) -> None:
