@@ -12,8 +12,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 
 class EnvFileError(Exception):
     """One file could not be used; `index` is its place in the list (None: a lone string)."""
@@ -38,6 +36,8 @@ def read_env_files(paths: Sequence[Path], *, listed: bool) -> dict[str, str]:
             raise EnvFileError(where, f"expected a dotenv file, {path} {what}")
         try:
             with path.open(encoding="utf-8") as stream:
+                from dotenv import dotenv_values  # only for a component with env_file
+
                 values = dotenv_values(stream=stream)
         except (OSError, UnicodeDecodeError) as exc:
             raise EnvFileError(where, f"cannot read {path}: "

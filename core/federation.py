@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-import statistics
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -142,6 +141,8 @@ class Follower:
 
     def interval(self) -> float:
         """The remote's interval as seen (median of recent gaps), at least ours."""
+        import statistics  # only a supervisor with remotes needs it
+
         local = self.federation.interval
         return max(local, statistics.median(self._gaps)) if self._gaps else local
 
@@ -354,3 +355,4 @@ class Federation:
             for follower in self.followers.values():
                 nursery.start_soon(follower.run, name=f"follow {follower.name}")
             task_status.started()
+

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
 import trio
-import watchfiles
 
 if TYPE_CHECKING:
+    import anyio
+    import watchfiles
+
     from core.config import ComponentConfig, ServerConfig
 
 log = logging.getLogger("control_center")
@@ -170,6 +171,10 @@ async def _stop_on_cancel(stop: anyio.Event) -> None:
 async def watch(cid: str, spec: Spec, on_burst: Callable[[str, set[str]], Awaitable[None]],
                 *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Call `on_burst(cid, paths)` once per burst of matching changes, until cancelled."""
+    # Imported by the first watch: a supervisor without one never loads them.
+    import anyio
+    import watchfiles
+
     match = spec.matches()
     default = watchfiles.DefaultFilter()
     pending: set[str] = set()

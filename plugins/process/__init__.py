@@ -22,8 +22,6 @@ import pwd
 import re
 import socket
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -152,6 +150,9 @@ def start(component: ComponentInfo) -> Launch:
 
 
 def check_url(url: str, timeout: float) -> Probe:
+    import urllib.error
+    import urllib.request  # only for a component with an HTTP health check
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             if 200 <= resp.status < 300:
