@@ -34,10 +34,20 @@ def uptime(page: Any, cid: str) -> str:
     return page.locator(f"#component-{cid} .f-uptime").inner_text()
 
 
+# Which cards are on screen: the browser's own content-visibility signal, or
+# (a browser without it) an IntersectionObserver.
+WITHOUT_THE_EVENT = "delete window.ContentVisibilityAutoStateChangeEvent;"
+
+
+@pytest.mark.parametrize("signal", ["content-visibility", "intersection-observer"])
 def test_off_screen_cards_keep_their_state_and_fill_their_figures_when_shown(
-        new_page: Any, server: Any) -> None:
+        new_page: Any, server: Any, signal: str) -> None:
     page, errors = new_page(viewport={"width": 1400, "height": 900})
+    if signal == "intersection-observer":
+        page.add_init_script(WITHOUT_THE_EVENT)
     page.goto(f"{server.url}/")
+    assert page.evaluate("typeof ContentVisibilityAutoStateChangeEvent") == (
+        "function" if signal == "content-visibility" else "undefined")
     # Every card's state is current, on screen or not.
     page.wait_for_function(
         "(n) => document.querySelectorAll('.card[data-state=running]').length === n",
@@ -63,5 +73,9 @@ def test_off_screen_cards_keep_their_state_and_fill_their_figures_when_shown(
     page.evaluate("(cid) => fetch(`/api/components/${cid}/stop`, {method: 'POST'})", last)
     page.wait_for_function(
         "(cid) => document.querySelector(`#component-${cid}`).dataset.state === 'stopped'",
+        arg=last, timeout=10_000)
+    page.evaluate("(cid) => fetch(`/api/components/${cid}/start`, {method: 'POST'})", last)
+    page.wait_for_function(
+        "(cid) => document.querySelector(`#component-${cid}`).dataset.state === 'running'",
         arg=last, timeout=10_000)
     errors.check()

@@ -136,12 +136,17 @@ function applySnapshot(doc, live) {
 
 function renderSnapshot(doc, live) {
   const metrics = doc.metrics || {};
+  // Written only when they change: the same text or width written again
+  // still invalidates style and layout.
   for (const tile of document.querySelectorAll(".tile")) {
     const key = tile.dataset.metric;
     const value = metrics[key];
-    tile.querySelector(".tile-value").textContent = TILES[key](value);
+    const text = TILES[key](value);
+    const shown = tile.querySelector(".tile-value");
+    if (shown.textContent !== text) shown.textContent = text;
     const bar = tile.querySelector(".tile-bar > span");
-    if (bar) bar.style.width = `${Math.max(0, Math.min(100, Number(value) || 0))}%`;
+    const width = `${Math.max(0, Math.min(100, Number(value) || 0))}%`;
+    if (bar && bar.style.width !== width) bar.style.width = width;
   }
   cards.update(doc.components || {});
   renderHosts($("hosts"), doc.hosts);

@@ -5,7 +5,9 @@
 
 export function renderHosts(container, hosts) {
   const names = hosts && typeof hosts === "object" ? Object.keys(hosts) : [];
-  container.hidden = names.length === 0;
+  // Written only when they change (the same value written again still
+  // invalidates style).
+  if (container.hidden !== (names.length === 0)) container.hidden = names.length === 0;
   const rows = new Map([...container.children].map((row) => [row.dataset.host, row]));
   for (const [name, row] of rows) {
     if (!names.includes(name)) row.remove();
@@ -23,8 +25,9 @@ export function renderHosts(container, hosts) {
       container.insertBefore(row, container.children[index] || null);
     }
     const state = String(host.state || "unknown");
-    row.dataset.state = state;
-    row.firstChild.textContent = name;
-    row.lastChild.textContent = ` ${state}${host.error ? ` – ${host.error}` : ""}`;
+    if (row.dataset.state !== state) row.dataset.state = state;
+    if (row.firstChild.textContent !== name) row.firstChild.textContent = name;
+    const text = ` ${state}${host.error ? ` – ${host.error}` : ""}`;
+    if (row.lastChild.textContent !== text) row.lastChild.textContent = text;
   });
 }
