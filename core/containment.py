@@ -19,7 +19,7 @@ from core.cgroup import Group, Tree, open_tree, rss_bytes, usage_usec
 from core.component import exit_text
 from core.kept import KeptFiles
 from core.proctable import descendant_pids, scan
-from core.snapshot import ProcessStats, SystemStats
+from core.snapshot import ProcessStats, SystemStats, cpu_percent
 from core.spawn import SpawnError
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class Containment:
                     previous = self._cpu.get(cid)
                     cpu = 0.0
                     if previous is not None and now > previous[1] and usec >= previous[0]:
-                        cpu = round((usec - previous[0]) / 1e4 / (now - previous[1]), 1)
+                        cpu = cpu_percent((usec - previous[0]) / 1e6, now - previous[1])
                     self._cpu[cid] = (usec, now)
                 memory = round(group.memory_bytes(controller, memory_text,
                                                   (pid, round(seen.memory_mb * 2**20)),

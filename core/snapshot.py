@@ -43,6 +43,17 @@ class SystemStats:
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
+#: The most CPU a process (or a tree) can use: every core. CPU time is counted
+#: in 10 ms clock ticks and can land late; one tick between two reads a few
+#: microseconds apart (a tick asked for just after the scheduled one) would
+#: read as thousands of percent.
+MAX_CPU_PERCENT = 100.0 * (os.cpu_count() or 1)
+
+
+def cpu_percent(used_seconds: float, elapsed: float) -> float:
+    """CPU use over `elapsed` seconds, in percent of one core, within 0..MAX_CPU_PERCENT."""
+    return round(min(MAX_CPU_PERCENT, max(0.0, used_seconds / elapsed * 100)), 1)
+
 def parse_stat(data: bytes) -> tuple[int, int, int] | None:
     """(start time, CPU ticks used, resident pages) from /proc/PID/stat; None for a zombie.
 
@@ -143,10 +154,10 @@ class StatsReader:
             start, ticks, pages = sample
             cpu = 0.0
             if before is not None and before[1] == start and now > before[3]:
-                cpu = (ticks - before[2]) / _TICKS / (now - before[3]) * 100
+                cpu = cpu_percent((ticks - before[2]) / _TICKS, now - before[3])
             memory = round(pages * _PAGE_MB, 1)
             seen[pid] = (text, start, ticks, now, ProcessStats(0.0, memory))
-            out[pid] = ProcessStats(cpu_percent=round(cpu, 1), memory_mb=memory)
+            out[pid] = ProcessStats(cpu_percent=cpu, memory_mb=memory)
         self._last = seen
         self._files.sweep()
         cpu, memory = self._machine_figures()
