@@ -69,7 +69,10 @@ def test_kept_file_is_read_afresh_and_closed_when_its_process_is_gone(
     path = f"/proc/{sleeper.pid}/stat"
     first = files.read(path)
     assert first.startswith(f"{sleeper.pid} (sleep) ".encode())
-    assert files.read(path) == first and len(files) == 1  # one descriptor, read again
+    # One descriptor, read again (the text itself may differ: the sleeper may
+    # still be starting, its page faults counted in it).
+    assert files.read(path).startswith(f"{sleeper.pid} (sleep) ".encode())
+    assert len(files) == 1
     os.kill(sleeper.pid, signal.SIGSTOP)
     _until(lambda: files.read(path).split()[2] == b"T")  # the kernel's current text
     sleeper.kill()
