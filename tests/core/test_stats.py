@@ -63,6 +63,11 @@ def _until(check, seconds: float = 10.0):  # type: ignore[no-untyped-def]
         time.sleep(0.02)
 
 
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_kept_file_is_read_afresh_and_closed_when_its_process_is_gone(
         sleeper: subprocess.Popen[bytes]) -> None:
     files = KeptFiles(limit=8)
@@ -99,6 +104,7 @@ def test_kept_files_unread_in_a_pass_are_closed_and_the_limit_holds(
 
 def test_an_idle_process_uses_no_cpu_and_keeps_its_memory(
         sleeper: subprocess.Popen[bytes]) -> None:
+    _until(lambda: _state(sleeper.pid) == "S")  # started, now asleep
     reader = StatsReader()
     first = reader.read([sleeper.pid]).processes[sleeper.pid]
     again = reader.read([sleeper.pid]).processes[sleeper.pid]
@@ -179,24 +185,30 @@ def _in_run(containment: Containment, cid: str, command: str) -> subprocess.Pope
     return proc
 
 
+GROWS_ON_USR1 = ("import signal, subprocess, sys; signal.signal(signal.SIGUSR1, lambda *a:"
+                 " subprocess.Popen([sys.executable, \"-c\", \"x = bytearray(30 * 2**20);"
+                 " x[::4096] = bytes(len(x[::4096])); import time; time.sleep(60)\"]))\n"
+                 "while True: signal.pause()")
+
+
 def test_cgroup_figures_of_an_idle_component_stay_and_count_a_newcomer(
         containment: Containment) -> None:
     assert containment.tree is not None
-    # A shell that waits: its child joins the cgroup later, when the shell gets SIGUSR1.
-    proc = _in_run(containment, "c",
-                  "sh -c 'trap \"python3 -c \\\"x = bytearray(30 * 2**20); import time;"
-                  " time.sleep(60)\\\" & wait\" USR1; while :; do sleep 0.05; done'")
+    # A leader that waits alone in its cgroup; on SIGUSR1 it starts a child
+    # that takes 30 MB, in the same cgroup.
+    proc = _in_run(containment, "c", f"{sys.executable} -c '{GROWS_ON_USR1}'")
     pid = proc.pid
+    _until(lambda: _state(pid) == "S")
     reader = StatsReader()
     try:
         def figures() -> ProcessStats:
             return containment.figures([("c", pid, None)], reader.read([pid])).processes[pid]
 
         alone = figures()
-        assert figures().memory_mb == alone.memory_mb  # the shell's memory, read twice
+        assert figures().memory_mb == alone.memory_mb  # the leader's memory, read twice
         run = containment.tree.current["c"]
         os.kill(pid, signal.SIGUSR1)
-        _until(lambda: len(run.pids()) >= 3)
+        _until(lambda: len(run.pids()) >= 2)
         grown = _until(lambda: (f := figures()).memory_mb > alone.memory_mb + 25 and f)
         assert grown.memory_mb > alone.memory_mb + 25
     finally:
