@@ -235,7 +235,6 @@ class Group:
         if controller and text is not None:
             with contextlib.suppress(ValueError):
                 return int(text)
-            text = None
         if run is None:
             pids = self.pids()
         elif text is not None and not controller:

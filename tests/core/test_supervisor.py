@@ -165,6 +165,16 @@ async def test_restart_policy_never_and_clean_exit(tmp_path: Path, plugins) -> N
     assert sup.view("fails")["error"] == "exited with status 7"
 
 
+async def _publish_times(hub: Hub, t0: float, count: int) -> list[float]:
+    """When the next `count` snapshots were published, after t0."""
+    times, seq = [], 0
+    while len(times) < count:
+        snap = await hub.wait_after(seq)
+        seq = snap.seq
+        times.append(snap.mono - t0)
+    return times
+
+
 def test_snapshots_leave_on_schedule_however_long_the_measuring_takes(tmp_path: Path,
                                                                       plugins) -> None:
     # The probe pass starts ahead of each tick, by its bound (here half the
@@ -192,11 +202,7 @@ def test_snapshots_leave_on_schedule_however_long_the_measuring_takes(tmp_path: 
             # The caller holds the loop a while before the tick loop first
             # runs (python -m core freezes its start-up objects here).
             clock.jump(0.37)
-            seq = 0
-            while len(published) < 7:
-                snap = await hub.wait_after(seq)
-                seq = snap.seq
-                published.append(snap.mono - t0)
+            published.extend(await _publish_times(hub, t0, 7))
             n.cancel_scope.cancel()
 
     clock = trio.testing.MockClock(autojump_threshold=0)
@@ -226,11 +232,7 @@ def test_without_probes_the_table_is_read_at_the_tick_itself(tmp_path: Path, plu
         t0 = trio.current_time()
         async with trio.open_nursery() as n:
             await n.start(sup.run)
-            seq = 0
-            while len(published) < 4:
-                snap = await hub.wait_after(seq)
-                seq = snap.seq
-                published.append(snap.mono - t0)
+            published.extend(await _publish_times(hub, t0, 4))
             n.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
