@@ -9,11 +9,14 @@ with a note in the log, so that a stop never waits on a stranger.
 from __future__ import annotations
 
 import os
-import subprocess
+from typing import TYPE_CHECKING
 
 import trio
 
 from core.logs import MAX_LINE, LogTail
+
+if TYPE_CHECKING:
+    from core.spawn import Child
 
 __all__ = ["Output", "split_lines"]
 
@@ -46,7 +49,7 @@ class Output:
         self._scope = trio.CancelScope()
         self._streams: list[trio.lowlevel.FdStream] = []
 
-    def take(self, popen: subprocess.Popen[bytes]) -> None:
+    def take(self, popen: Child) -> None:
         """Take over popen's stdout and stderr; OSError (no descriptor left) closes both."""
         try:
             for pipe in (popen.stdout, popen.stderr):

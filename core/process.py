@@ -29,7 +29,6 @@ import itertools
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -105,7 +104,7 @@ KILL_WAIT = 5.0
 class ChildProcess:
     """One spawned OS process: its own session, death signal, drained output."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], log: LogTail, marker: str,
+    def __init__(self, popen: spawn_mod.Child, log: LogTail, marker: str,
                  on_exit_reaped: Callable[[ChildProcess], None] | None,
                  cgroup: Group | None = None) -> None:
         self._popen = popen
@@ -389,7 +388,7 @@ class ChildProcess:
         self._release()
 
 
-def _abandon(popen: subprocess.Popen[bytes]) -> None:
+def _abandon(popen: spawn_mod.Child) -> None:
     """End a child just spawned that cannot be supervised (its own session: the group)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, signal.SIGKILL)

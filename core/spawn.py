@@ -1,21 +1,28 @@
 """How a child process is started: own session, death signal, no stdin.
 
-The death signal (SIGKILL when the supervisor's main thread exits) used to
-be set by a `preexec_fn`, which forces subprocess to fork() the whole
-interpreter and run Python in the child before exec: 2.6 ms per spawn,
-against 0.2 ms with the vfork() that subprocess uses when there is no
-preexec_fn (measured on a 40 MB interpreter, 2-core machine). So when
-util-linux's `setpriv --pdeathsig` is there (Debian's util-linux is
-essential), the child is `setpriv --pdeathsig KILL -- sh -c CHECK argv...`,
-started by vfork: setpriv sets the signal, sh makes the preexec_fn's check
-(is its parent still the supervisor? if not, the signal went to whoever
-adopted it, so exit) and execs the program, all in the same process (same
-pid, same session). 0.9 ms more than a bare exec of the program, against
-2.4 ms more for the fork. Without setpriv, the preexec_fn path is kept.
+Three ways, the first that works here (decided once, by starting `true`):
+
+1. The native spawner (`core._spawn`, a C extension built when a compiler
+   is there): clone(CLONE_VM | CLONE_VFORK), then in the child, with system
+   calls only, the session, the cgroup, the descriptors, the working
+   directory, the umask, the user switch, the death signal and the check
+   that its parent is still the supervisor, then one exec of the program.
+   Nothing but the program itself is ever exec'd.
+2. util-linux's `setpriv --pdeathsig` (Debian's util-linux is essential):
+   the child is `setpriv --pdeathsig KILL -- sh -c CHECK argv...`, started
+   by subprocess's vfork; setpriv sets the signal, sh makes the parent
+   check and execs the program, all in the same process. Seen from outside
+   (bench/peers.py), the two extra execs took 3.8 ms of a 7 ms restart.
+3. A `preexec_fn`, which forces subprocess to fork() the whole interpreter
+   and run Python in the child before exec (2.6 ms per spawn, against 0.2 ms
+   by vfork, on a 40 MB interpreter).
+
+The death signal fires when the *thread* that started the child exits:
+spawn must run on trio's main thread, never from a worker thread.
 
 Since the wrapper's exec cannot report a missing or non-executable program
 to us, the command is looked up here first and the same SpawnError raised
-as subprocess would.
+as subprocess would; the native spawner execs the path found.
 """
 
 from __future__ import annotations
@@ -29,14 +36,17 @@ import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from typing import BinaryIO
 
 from core import runas
 from core.children import libc
 
 _PR_SET_PDEATHSIG = 1
 
-#: Whether children are started through setpriv; None until first decided.
-#: Tests set it to False to exercise the preexec_fn path.
+#: Whether children are started by the native spawner, and else through
+#: setpriv; None until first decided. Tests set them to False to exercise
+#: the other paths.
+use_native: bool | None = None
 use_wrapper: bool | None = None
 _SETPRIV = shutil.which("setpriv")
 _SH = shutil.which("sh") or "/bin/sh"
@@ -59,6 +69,104 @@ def _wrapper_works() -> bool:
             except (OSError, subprocess.SubprocessError):
                 pass
     return use_wrapper
+
+
+def _native_works() -> bool:
+    global use_native
+    if use_native is None:
+        use_native = False
+        try:
+            from core import _spawn  # noqa: F401
+        except ImportError:
+            return False
+        try:
+            started = _native(shutil.which("true") or "/bin/true", ["true"], cwd=None,
+                              env=dict(os.environ), run_as=runas.RunAs(), umask=None,
+                              cgroup=None)
+            for pipe in (started.stdout, started.stderr):
+                if pipe is not None:
+                    pipe.close()
+            use_native = started.wait(5) == 0
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return use_native
+
+
+def _native_steps() -> tuple[str, ...]:
+    from core import _spawn
+
+    steps: tuple[str, ...] = _spawn.STEPS
+    return steps
+
+
+class Started:
+    """A child from the native spawner, with what ChildProcess uses of a Popen."""
+
+    def __init__(self, pid: int, stdout: int, stderr: int) -> None:
+        self.pid = pid
+        self.stdout: BinaryIO | None = open(stdout, "rb", buffering=0)
+        self.stderr: BinaryIO | None = open(stderr, "rb", buffering=0)
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Reap it (within `timeout` seconds, else subprocess.TimeoutExpired)."""
+        if self.returncode is not None:
+            return self.returncode
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG if deadline is not None else 0)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                return self.returncode
+            assert deadline is not None
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.005)
+
+
+Child = subprocess.Popen[bytes] | Started
+
+
+def _environment(env: Mapping[str, str]) -> list[bytes]:
+    """env as KEY=VALUE, refused as subprocess refuses it (TypeError, ValueError)."""
+    out = []
+    for key, value in env.items():
+        k, v = os.fsencode(key), os.fsencode(value)
+        if b"=" in k or not k:
+            raise ValueError(f"illegal environment variable name: {key!r}")
+        if b"\0" in k or b"\0" in v:
+            raise ValueError("embedded null byte in the environment")
+        out.append(k + b"=" + v)
+    return out
+
+
+def _native(path: str, argv: list[str], *, cwd: str | None, env: Mapping[str, str],
+            run_as: runas.RunAs, umask: int | None, cgroup: str | None) -> Started:
+    from core import _spawn
+
+    envp = _environment(env)
+    groups = runas.groups_of(run_as) if run_as.gid is not None else None
+    fds: list[int] = []
+    try:
+        fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        out_r, out_w = os.pipe()
+        fds += [out_r, out_w]
+        err_r, err_w = os.pipe()
+        fds += [err_r, err_w]
+        if cgroup is not None:
+            fds.append(os.open(cgroup, os.O_WRONLY | os.O_CLOEXEC))
+        pid = _spawn.spawn(path, argv, envp, cwd, (fds[0], out_w, err_w),
+                           fds[5] if cgroup is not None else -1,
+                           -1 if run_as.uid is None else run_as.uid,
+                           -1 if run_as.gid is None else run_as.gid,
+                           groups, -1 if umask is None else umask, os.getpid())
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in (fds[0], out_w, err_w, *fds[5:]):
+        os.close(fd)
+    return Started(pid, out_r, err_r)
 
 
 def _preexec(parent_pid: int, cgroup: str | None = None,
@@ -108,24 +216,31 @@ def _executable(path: str) -> OSError | None:
     return None
 
 
-def check_command(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> None:
-    """Raise the SpawnError exec would give for argv[0], as subprocess looks it up."""
+def check_command(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> str | None:
+    """The path exec would run for argv[0], as subprocess looks it up.
+
+    Raises the SpawnError exec would give; None when `cwd` is not a
+    directory (the spawn itself reports that).
+    """
     if cwd is not None and not os.path.isdir(cwd):
-        return  # Popen reports the directory itself
+        return None
     name = argv[0]
     base = cwd or os.getcwd()
     if os.path.dirname(name):
-        problem = _executable(os.path.join(base, name))
+        path = os.path.join(base, name)
+        problem = _executable(path)
     else:
         problem = FileNotFoundError(2, "No such file or directory", name)
         for folder in os.get_exec_path(env):
-            found = _executable(os.path.join(base, folder, name))
+            path = os.path.join(base, folder, name)
+            found = _executable(path)
             if found is None:
-                return
+                return path
             if not isinstance(found, FileNotFoundError | NotADirectoryError):
                 problem = found  # as execvp: a denied candidate beats "not found"
     if problem is not None:
         raise spawn_error(problem, argv, None)
+    return path
 
 
 #: Descriptors a spawn leaves free for the rest of the supervisor (REST, the
@@ -170,7 +285,7 @@ def _enough_descriptors() -> tuple[bool, int]:
 
 def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
           user: str | None = None, group: str | None = None, umask: int | None = None,
-          cgroup: str | None = None) -> subprocess.Popen[bytes]:
+          cgroup: str | None = None) -> Child:
     """Start argv in its own session with the death signal set; raises SpawnError.
 
     `user`, `group` and `umask` are the child's (core.runas says how).
@@ -188,6 +303,17 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
         # the supervisor must keep some: refuse now rather than starve REST.
         raise SpawnError(f"cannot run {argv[0]}: only {max(free, 0)} file descriptors left "
                          "(raise the limit: LimitNOFILE= in the unit, ulimit -n)")
+    if _native_works():
+        path = check_command(argv, cwd, env) or argv[0]
+        try:
+            return _native(path, argv, cwd=cwd, env=env, run_as=run_as, umask=umask,
+                           cgroup=cgroup)
+        except OSError as exc:
+            if exc.filename not in (cwd, path) and exc.filename in _native_steps():
+                # A step before the exec: setsid, the cgroup, the user switch...
+                raise SpawnError(f"cannot start {argv[0]}: {exc.filename} failed: "
+                                 f"{exc.strerror or exc}") from None
+            raise spawn_error(exc, argv, cwd) from None
     kwargs: dict[str, object] = {} if umask is None else {"umask": umask}
     if _wrapper_works():
         check_command(argv, cwd, env)

@@ -52,3 +52,29 @@ async def wait_text(log: LogTail, prefix: str, timeout: float = 10.0) -> str:
 
 def notes(log: LogTail) -> list[str]:
     return [x.text for x in log.tail(1000) if x.stream == "supervisor"]
+
+
+#: The three ways core.spawn can start a child (see its docstring).
+SPAWN_PATHS = ["native", "setpriv", "preexec_fn"]
+
+
+def choose_spawn_path(name: str) -> tuple[bool | None, bool | None]:
+    """core.spawn's (use_native, use_wrapper) for one path; skips where it is missing."""
+    import pytest
+
+    from core import spawn
+
+    if name == "native":
+        saved = spawn.use_native
+        spawn.use_native = None
+        try:
+            if not spawn._native_works():
+                pytest.skip("the native spawner is not built here")
+        finally:
+            spawn.use_native = saved
+        return None, None
+    if name == "setpriv":
+        if not spawn._wrapper_works():
+            pytest.skip("setpriv --pdeathsig is not available here")
+        return False, None
+    return False, False

@@ -17,7 +17,16 @@ from core import process, proctable
 from core import spawn as spawn_mod
 from core.logs import LogTail
 from core.process import CHILD_ENV, RUN_ID, ChildProcess, SpawnError
-from tests.core.helpers_process import REPO, alive, notes, py, wait_gone, wait_text
+from tests.core.helpers_process import (
+    REPO,
+    SPAWN_PATHS,
+    alive,
+    choose_spawn_path,
+    notes,
+    py,
+    wait_gone,
+    wait_text,
+)
 
 # A grandchild that ignores SIGTERM and reports its pid; `session` puts it in a
 # session of its own (it leaves the child's process group), stdout inherited.
@@ -112,17 +121,12 @@ async def test_env_cwd_and_the_marker(tmp_path: Path) -> None:
     assert marker == child.marker and marker.startswith(RUN_ID + "/")
 
 
-@pytest.fixture(params=[True, False], ids=["setpriv", "preexec_fn"])
-def spawn_path(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Each test that uses it runs through both ways of starting a child."""
-    if request.param and not spawn_mod._wrapper_works():
-        pytest.skip("setpriv --pdeathsig is not available here")
-    saved = spawn_mod.use_wrapper
-    spawn_mod.use_wrapper = request.param
-    try:
-        yield
-    finally:
-        spawn_mod.use_wrapper = saved
+@pytest.fixture(params=SPAWN_PATHS)
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test that uses it runs through every way of starting a child."""
+    native, wrapper = choose_spawn_path(request.param)
+    monkeypatch.setattr(spawn_mod, "use_native", native)
+    monkeypatch.setattr(spawn_mod, "use_wrapper", wrapper)
 
 
 @pytest.mark.anyio
@@ -395,7 +399,7 @@ sys.path.insert(0, {repo!r})
 from core.logs import LogTail
 from core import spawn
 from core.process import ChildProcess
-spawn.use_wrapper = {wrapper!r}
+spawn.use_native, spawn.use_wrapper = {path!r}
 
 async def main():
     async with trio.open_nursery() as n:
@@ -408,11 +412,12 @@ trio.run(main)
 """
 
 
-@pytest.mark.parametrize("wrapper", [None, False], ids=["setpriv", "preexec_fn"])
-def test_children_die_with_a_killed_supervisor(wrapper: bool | None) -> None:
-    # Both ways of setting the death signal: the exec wrapper where setpriv
-    # has --pdeathsig, and the preexec_fn otherwise.
-    script = subprocess.Popen(py(DEATH_SCRIPT.format(repo=str(REPO), wrapper=wrapper)),
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_children_die_with_a_killed_supervisor(path: str) -> None:
+    # Every way of setting the death signal: the native spawner, the exec
+    # wrapper where setpriv has --pdeathsig, and the preexec_fn otherwise.
+    chosen = choose_spawn_path(path)
+    script = subprocess.Popen(py(DEATH_SCRIPT.format(repo=str(REPO), path=chosen)),
                               stdout=subprocess.PIPE, text=True)
     assert script.stdout is not None
     try:

@@ -16,6 +16,7 @@ import trio
 from core import spawn
 from core.config import ConfigError, load
 from core.plugins import PluginManager
+from tests.core.helpers_process import SPAWN_PATHS, choose_spawn_path
 from tests.core.test_component_keys import supervising, write
 
 pytestmark = pytest.mark.anyio
@@ -51,10 +52,12 @@ async def running_pid(sup) -> int:
 
 
 @needs_root
-@pytest.mark.parametrize("wrapper", [True, False], ids=["setpriv", "preexec"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 async def test_a_child_runs_as_the_user_with_its_groups_and_login_variables(
-        tmp_path, monkeypatch, wrapper):
-    monkeypatch.setattr(spawn, "use_wrapper", None if wrapper else False)
+        tmp_path, monkeypatch, path):
+    native, wrapper = choose_spawn_path(path)
+    monkeypatch.setattr(spawn, "use_native", native)
+    monkeypatch.setattr(spawn, "use_wrapper", wrapper)
     path = sleeper_config(tmp_path, 'user = "nobody"\numask = "027"\nenv = { LOGNAME = "x" }')
     async with supervising(path) as sup:
         pid = await running_pid(sup)
@@ -228,8 +231,8 @@ async def test_a_child_as_nobody_writes_in_its_own_data_directory():
 
 
 @needs_root
-@pytest.mark.parametrize("wrapper", [True, False], ids=["setpriv", "preexec"])
-async def test_a_child_as_another_user_joins_its_cgroup_first(tmp_path, monkeypatch, wrapper):
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+async def test_a_child_as_another_user_joins_its_cgroup_first(tmp_path, monkeypatch, path):
     """Only root may move a process into our cgroups: the child joins, then switches."""
     import uuid
 
@@ -239,7 +242,9 @@ async def test_a_child_as_another_user_joins_its_cgroup_first(tmp_path, monkeypa
     containment = Containment.open(f"runas-{uuid.uuid4().hex[:8]}", enabled=True)
     if containment.tree is None:
         pytest.skip(f"cgroups cannot be made here: {containment.reason}")
-    monkeypatch.setattr(spawn, "use_wrapper", None if wrapper else False)
+    native, wrapper = choose_spawn_path(path)
+    monkeypatch.setattr(spawn, "use_native", native)
+    monkeypatch.setattr(spawn, "use_wrapper", wrapper)
     path = sleeper_config(tmp_path, 'user = "nobody"')
     plugins = PluginManager(load_entry_points=False)
     sup = Supervisor(load(path, plugins=plugins.names, validate=plugins.validate), plugins,
