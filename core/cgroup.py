@@ -224,6 +224,14 @@ class Group:
                 memory = files.read(path)
         return cpu, memory
 
+    def keep_figure_files(self, controller: bool, run: Group | None, files: KeptFiles) -> None:
+        """Keep figure_texts()'s files open through a tick that did not read them."""
+        files.keep(self._cpu_stat)
+        path = self._memory_current if controller else (
+            run.procs_file if run is not None else None)
+        if path is not None:
+            files.keep(path)
+
     def memory_bytes(self, controller: bool, text: bytes | None,
                      leader: tuple[int, int] | None = None, run: Group | None = None) -> int:
         """memory.current with the memory controller; else the RSS of its processes.

@@ -29,6 +29,8 @@ log = logging.getLogger("control_center")
 
 #: Probes (ticks) in a row above memory_max before the restart.
 MEMORY_PROBES = 2
+#: How many ticks in a row an idle leader alone in its cgroup is not read.
+SKIP_READS = 15
 CGROUP = "cgroup"
 PROCESS_GROUP = "process-group"
 
@@ -56,8 +58,10 @@ class Containment:
         # The figures' cgroups and files, kept from tick to tick.
         self._groups: dict[str, Group] = {}
         self._files = KeptFiles()
-        # cid -> (the texts last read, the figures they give when unchanged)
-        self._last: dict[str, tuple[tuple[bytes | None, bytes | None, float], ProcessStats]] = {}
+        # cid -> (the texts last read, the figures they give when unchanged,
+        # how many ticks in a row they were taken without reading: see figures())
+        self._last: dict[str, tuple[tuple[bytes | None, bytes | None, float], ProcessStats,
+                                    int]] = {}
 
     @classmethod
     def open(cls, instance: str, *, enabled: bool) -> Containment:
@@ -155,6 +159,12 @@ class Containment:
         cpu.stat, memory from memory.current (with the memory controller) or
         the resident memory of its processes. Without cgroups only memory, and
         only for a component with memory_max (its descendants in /proc).
+
+        A leader that was alone in its cgroup at the last read and did not run
+        since (`stats.idle`) is still alone (only a process of the cgroup can
+        fork into it) and its cgroup used no CPU: its figures are the last
+        ones, with no read, up to SKIP_READS ticks in a row (a read then
+        catches what a root process may have moved into the cgroup meanwhile).
         """
         procs = dict(stats.processes)
         now = time.monotonic()
@@ -171,9 +181,17 @@ class Containment:
                 if group is None:
                     group = self._groups[cid] = tree.group(cid)
                 run = tree.current.get(cid)
+                before = last.get(cid)
+                if (before is not None and pid in stats.idle and before[2] < SKIP_READS
+                        and not controller and before[0][1] == b"%d\n" % pid
+                        and before[0][2] == seen.memory_mb and cid in self._cpu):
+                    group.keep_figure_files(controller, run, self._files)
+                    self._cpu[cid] = (self._cpu[cid][0], now)
+                    self._last[cid] = (before[0], before[1], before[2] + 1)
+                    procs[pid] = before[1]
+                    continue
                 cpu_text, memory_text = group.figure_texts(controller, run, self._files)
                 key = (cpu_text, memory_text, seen.memory_mb)
-                before = last.get(cid)
                 if (before is not None and before[0] == key and cid in self._cpu
                         and (controller or memory_text == b"%d\n" % pid)):
                     # Nothing changed since the last tick: no CPU used, the same
@@ -181,7 +199,7 @@ class Containment:
                     # its own stat text is unchanged; other processes' memory
                     # can shrink without a text here changing).
                     self._cpu[cid] = (self._cpu[cid][0], now)
-                    self._last[cid] = before
+                    self._last[cid] = (before[0], before[1], 0)
                     procs[pid] = before[1]
                     continue
                 usec = None
@@ -199,7 +217,7 @@ class Containment:
                                                   run) / 2**20, 1)
                 procs[pid] = ProcessStats(cpu_percent=cpu, memory_mb=memory)
                 if usec is not None:
-                    self._last[cid] = (key, ProcessStats(cpu_percent=0.0, memory_mb=memory))
+                    self._last[cid] = (key, ProcessStats(cpu_percent=0.0, memory_mb=memory), 0)
             elif memory_max is not None:
                 table = table or scan()
                 pids = [pid, *descendant_pids(pid, table.parents)]

@@ -75,6 +75,11 @@ class KeptFiles:
         self._used.add(path)
         return data
 
+    def keep(self, path: str) -> None:
+        """Count `path` as read for the next sweep (its figures were reused)."""
+        if path in self._fds:
+            self._used.add(path)
+
     def sweep(self) -> None:
         """Close what was not read since the last sweep."""
         for path in [p for p in self._fds if p not in self._used]:

@@ -38,6 +38,9 @@ class SystemStats:
     cpu_percent: float
     memory_percent: float
     processes: Mapping[int, ProcessStats]
+    #: The pids whose /proc/PID/stat read the same as at the last pass: they
+    #: used less than a clock tick of CPU, and kept their memory.
+    idle: frozenset[int] = frozenset()
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -134,6 +137,7 @@ class StatsReader:
         now = time.monotonic()
         seen: dict[int, tuple[bytes, int, int, float, ProcessStats]] = {}
         out: dict[int, ProcessStats] = {}
+        idle = []
         for pid in pids:
             text = self._stat(pid)
             if text is None:
@@ -144,6 +148,7 @@ class StatsReader:
                 # memory, nothing to parse.
                 seen[pid] = (text, before[1], before[2], now, before[4])
                 out[pid] = before[4]
+                idle.append(pid)
                 continue
             try:
                 sample = parse_stat(text)
@@ -162,7 +167,7 @@ class StatsReader:
         self._files.sweep()
         cpu, memory = self._machine_figures()
         return SystemStats(cpu_percent=round(cpu, 1), memory_percent=round(memory, 1),
-                           processes=out)
+                           processes=out, idle=frozenset(idle))
 
     def close(self) -> None:
         self._files.close()

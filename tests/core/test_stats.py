@@ -217,6 +217,48 @@ def test_cgroup_figures_of_an_idle_component_stay_and_count_a_newcomer(
         proc.wait(10)
 
 
+def test_an_idle_leader_alone_in_its_cgroup_is_not_read_until_the_reread(
+        containment: Containment, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import containment as containment_mod
+
+    assert containment.tree is not None
+    proc = _in_run(containment, "c", f"{sys.executable} -c '{GROWS_ON_USR1}'")
+    pid = proc.pid
+    _until(lambda: _state(pid) == "S")
+    reads: list[str] = []
+    kept = containment._files
+    real_read = kept.read
+    monkeypatch.setattr(kept, "read", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(containment_mod, "SKIP_READS", 3)
+    reader = StatsReader()
+    try:
+        def figures() -> ProcessStats:
+            return containment.figures([("c", pid, None)], reader.read([pid])).processes[pid]
+
+        first = figures()
+        if containment.enforced("memory"):
+            pytest.skip("memory.current is read every tick with the memory controller")
+        assert len(reads) == 2  # cpu.stat and the run's cgroup.procs
+        reads.clear()
+        for _ in range(3):
+            assert figures() == first  # alone and idle: not read
+        assert reads == []
+        assert len(kept) == 2  # its files stay open through the ticks without a read
+        figures()  # the reread after SKIP_READS
+        assert len(reads) == 2
+        reads.clear()
+        # A leader that ran (here: it forks a child into its cgroup) is read at once.
+        os.kill(pid, signal.SIGUSR1)
+        run = containment.tree.current["c"]
+        _until(lambda: len(run.pids()) >= 2)
+        grown = _until(lambda: (f := figures()).memory_mb > first.memory_mb + 25 and f)
+        assert grown.memory_mb > first.memory_mb + 25 and reads
+    finally:
+        reader.close()
+        containment.tree.group("c").kill()
+        proc.wait(10)
+
+
 # Runs in its own process: no descriptor left, then the table is read again.
 NO_DESCRIPTOR_LEFT = """
 import os, resource, sys
