@@ -12,7 +12,8 @@ Three ways, the first that works here (decided once, by starting `true`):
    the child is `setpriv --pdeathsig KILL -- sh -c CHECK argv...`, started
    by subprocess's vfork; setpriv sets the signal, sh makes the parent
    check and execs the program, all in the same process. Seen from outside
-   (bench/peers.py), the two extra execs took 3.8 ms of a 7 ms restart.
+   (bench/restart_trace.py), the two extra execs took 3.8 ms of a 7 ms
+   restart.
 3. A `preexec_fn`, which forces subprocess to fork() the whole interpreter
    and run Python in the child before exec (2.6 ms per spawn, against 0.2 ms
    by vfork, on a 40 MB interpreter).
