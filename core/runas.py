@@ -5,7 +5,9 @@ config was read is found). Root can run a child as anyone; any other
 supervisor can run it only as itself, so naming itself is a no-op and
 naming someone else is refused.
 
-How it is applied (measured, bench/spawn_user_bench.py, BENCHMARKS.md):
+How it is applied: by the native spawner (core/_spawn.c), in the child
+before exec, setgroups, setresgid and setresuid as raw system calls, then
+the death signal; else (measured, bench/spawn_user_bench.py, BENCHMARKS.md)
 with the setpriv wrapper, setpriv's own --reuid/--regid/--init-groups,
 which keeps subprocess on vfork (0.20 ms in Popen() in a 47 MB process,
 against 0.27 ms without a switch); asking subprocess for

@@ -28,6 +28,7 @@ as subprocess would; the native spawner execs the path found.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import shlex
@@ -43,6 +44,8 @@ from core import runas
 from core.children import libc
 
 _PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger("control_center")
 
 #: Whether children are started by the native spawner, and else through
 #: setpriv; None until first decided. Tests set them to False to exercise
@@ -70,6 +73,21 @@ def _wrapper_works() -> bool:
             except (OSError, subprocess.SubprocessError):
                 pass
     return use_wrapper
+
+
+#: How children are started here, once said in the log.
+_path: str | None = None
+
+
+def _say_path() -> None:
+    global _path
+    if _native_works():
+        _path = "the native spawner (core._spawn)"
+    elif _wrapper_works():
+        _path = "setpriv --pdeathsig (core._spawn is not available)"
+    else:
+        _path = "a preexec_fn (neither core._spawn nor setpriv --pdeathsig is available)"
+    log.info("children are started by %s", _path)
 
 
 def _native_works() -> bool:
@@ -304,6 +322,8 @@ def popen(argv: list[str], *, cwd: str | None, env: dict[str, str],
         # the supervisor must keep some: refuse now rather than starve REST.
         raise SpawnError(f"cannot run {argv[0]}: only {max(free, 0)} file descriptors left "
                          "(raise the limit: LimitNOFILE= in the unit, ulimit -n)")
+    if _path is None:
+        _say_path()
     if _native_works():
         path = check_command(argv, cwd, env) or argv[0]
         try:

@@ -39,6 +39,21 @@ def test_the_native_spawner_is_built_where_a_compiler_is() -> None:
         spawn.use_native = saved
 
 
+def test_the_log_says_how_children_are_started(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    choose_spawn_path("native")
+    monkeypatch.setattr(spawn, "_path", None)
+    with caplog.at_level("INFO", logger="control_center"):
+        for _ in range(2):
+            started = spawn.popen(["true"], cwd=None, env=dict(os.environ))
+            assert started.wait(5) == 0
+            for pipe in (started.stdout, started.stderr):
+                assert pipe is not None
+                pipe.close()
+    said = [r.getMessage() for r in caplog.records if "children are started" in r.getMessage()]
+    assert said == ["children are started by the native spawner (core._spawn)"]
+
+
 def _status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
