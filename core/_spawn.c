@@ -149,12 +149,8 @@ static char **strings(PyObject *seq, PyObject **keep, const char *what) {
         PyObject *item = NULL;
         if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(fast, i), &item))
             goto error;
-        PyList_SET_ITEM(encoded, i, item);
+        PyList_SET_ITEM(encoded, i, item);  /* FSConverter refused embedded NULs */
         out[i] = PyBytes_AS_STRING(item);
-        if ((Py_ssize_t)strlen(out[i]) != PyBytes_GET_SIZE(item)) {
-            PyErr_Format(PyExc_ValueError, "embedded null byte in %s", what);
-            goto error;
-        }
     }
     Py_DECREF(fast);
     *keep = encoded;

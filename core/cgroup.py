@@ -216,8 +216,7 @@ class Group:
             cpu: bytes | None = files.read(self._cpu_stat)
         except OSError:
             cpu = None
-        path = self._memory_current if controller else (
-            run.procs_file if run is not None else None)
+        path = self._memory_path(controller, run)
         memory = None
         if path is not None:
             with contextlib.suppress(OSError):
@@ -227,10 +226,15 @@ class Group:
     def keep_figure_files(self, controller: bool, run: Group | None, files: KeptFiles) -> None:
         """Keep figure_texts()'s files open through a tick that did not read them."""
         files.keep(self._cpu_stat)
-        path = self._memory_current if controller else (
-            run.procs_file if run is not None else None)
+        path = self._memory_path(controller, run)
         if path is not None:
             files.keep(path)
+
+    def _memory_path(self, controller: bool, run: Group | None) -> str | None:
+        """What the memory figure is read from: memory.current, or the run's cgroup.procs."""
+        if controller:
+            return self._memory_current
+        return run.procs_file if run is not None else None
 
     def memory_bytes(self, controller: bool, text: bytes | None,
                      leader: tuple[int, int] | None = None, run: Group | None = None) -> int:

@@ -182,25 +182,22 @@ class Containment:
                     group = self._groups[cid] = tree.group(cid)
                 run = tree.current.get(cid)
                 before = last.get(cid)
+                alone = b"%d\n" % pid  # the run's cgroup.procs with the leader alone
                 if (before is not None and pid in stats.idle and before[2] < SKIP_READS
-                        and not controller and before[0][1] == b"%d\n" % pid
+                        and not controller and before[0][1] == alone
                         and before[0][2] == seen.memory_mb and cid in self._cpu):
                     group.keep_figure_files(controller, run, self._files)
-                    self._cpu[cid] = (self._cpu[cid][0], now)
-                    self._last[cid] = (before[0], before[1], before[2] + 1)
-                    procs[pid] = before[1]
+                    procs[pid] = self._unchanged(cid, before, before[2] + 1, now)
                     continue
                 cpu_text, memory_text = group.figure_texts(controller, run, self._files)
                 key = (cpu_text, memory_text, seen.memory_mb)
                 if (before is not None and before[0] == key and cid in self._cpu
-                        and (controller or memory_text == b"%d\n" % pid)):
+                        and (controller or memory_text == alone)):
                     # Nothing changed since the last tick: no CPU used, the same
                     # memory (memory.current, or the leader alone in its cgroup:
                     # its own stat text is unchanged; other processes' memory
                     # can shrink without a text here changing).
-                    self._cpu[cid] = (self._cpu[cid][0], now)
-                    self._last[cid] = (before[0], before[1], 0)
-                    procs[pid] = before[1]
+                    procs[pid] = self._unchanged(cid, before, 0, now)
                     continue
                 usec = None
                 with contextlib.suppress(ValueError):
@@ -227,6 +224,15 @@ class Containment:
             self._files.sweep()
         return SystemStats(cpu_percent=stats.cpu_percent,
                            memory_percent=stats.memory_percent, processes=procs)
+
+    def _unchanged(self, cid: str,
+                   before: tuple[tuple[bytes | None, bytes | None, float], ProcessStats, int],
+                   skipped: int, now: float) -> ProcessStats:
+        """The last figures of `cid` again (no CPU used since the last tick); `skipped`:
+        the ticks in a row taken without a read."""
+        self._cpu[cid] = (self._cpu[cid][0], now)
+        self._last[cid] = (before[0], before[1], skipped)
+        return before[1]
 
     def memory_over(self, cid: str, memory_mb: float | None, memory_max: int) -> str | None:
         """The reason to restart, once the tree stayed above memory_max MEMORY_PROBES times."""

@@ -355,4 +355,3 @@ class Federation:
             for follower in self.followers.values():
                 nursery.start_soon(follower.run, name=f"follow {follower.name}")
             task_status.started()
-

@@ -57,6 +57,7 @@ def cpu_percent(used_seconds: float, elapsed: float) -> float:
     """CPU use over `elapsed` seconds, in percent of one core, within 0..MAX_CPU_PERCENT."""
     return round(min(MAX_CPU_PERCENT, max(0.0, used_seconds / elapsed * 100)), 1)
 
+
 def parse_stat(data: bytes) -> tuple[int, int, int] | None:
     """(start time, CPU ticks used, resident pages) from /proc/PID/stat; None for a zombie.
 

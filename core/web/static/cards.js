@@ -17,8 +17,8 @@ const BUSY_LABEL = {start: "Starting…", stop: "Stopping…", restart: "Restart
 const LABEL = {start: "Start", stop: "Stop", restart: "Restart"};
 const MAX_LOG_LINES = 1000;
 // Up to this many cards, every shown card is filled on every update. Past
-// it, only the cards on screen (or near it) are: one
-// off screen is filled, with its latest figures, as it scrolls into view.
+// it, only the cards on screen (or near it) are: one off screen is filled,
+// with its latest figures, as it scrolls into view.
 // With 1,000 cards that is the difference between filling 1,000 and ~30.
 export const EAGER_CARDS = 100;
 const ON_SCREEN_MARGIN = "600px 0px";
