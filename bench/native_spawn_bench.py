@@ -1,11 +1,14 @@
-"""How long the native spawner holds the supervisor, with and without a cgroup join.
+"""How long the native spawner holds the supervisor, by how the child joins its cgroup.
 
     python bench/native_spawn_bench.py [--runs 10] [--busy 2]
 
-The supervisor is suspended from the clone until the child execs (CLONE_VFORK),
-and the child joins its cgroup (a migration) before that exec. This times
-`core._spawn.spawn` of /bin/true, one every 0.5 s (past an RCU grace period),
-into a fresh cgroup each or into none: on a quiet machine, then beside
+The supervisor is suspended from the clone until the child execs (CLONE_VFORK).
+A child for a cgroup is either created in it (clone3 with CLONE_INTO_CGROUP,
+where the kernel can) or moved into it by writing cgroup.procs before the
+exec, a migration that waits for an RCU grace period. This times
+`core._spawn.spawn` of /bin/true, one every 0.5 s (past a grace period), into
+no cgroup, created in a fresh cgroup, and moved into a fresh cgroup: on a
+quiet machine, then beside
 `--busy` loops that keep the cores busy (each ends by itself after 60 s, and
 is killed by pid when the rounds are done). Needs the native spawner built
 and a cgroup v2 hierarchy where this process may create cgroups (root).
@@ -29,29 +32,41 @@ from core import _spawn, cgroup  # noqa: E402
 BUSY = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass"
 
 
-def spawn_ms(base: Path, join: bool, env: list[bytes], null: int) -> float:
+#: How the child joins its cgroup: not at all, created in it, moved into it.
+MODES = ("no cgroup", "created in its cgroup", "moved into its cgroup")
+
+
+def spawn_ms(base: Path, mode: str, env: list[bytes], null: int) -> float:
     time.sleep(0.5)
     leaf = base / f"r{time.monotonic_ns()}"
     leaf.mkdir()
-    fd = os.open(leaf / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) if join else -1
+    fds = []
+    if mode != MODES[0]:
+        fds.append(os.open(leaf / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+    if mode == MODES[1]:
+        fds.append(os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    procs, directory = [*fds, -1, -1][:2]
     try:
         began = time.perf_counter()
-        pid = _spawn.spawn("/bin/true", ["true"], env, None, (null, null, null), fd, -1, -1,
-                           None, -1, os.getpid())
+        pid = _spawn.spawn("/bin/true", ["true"], env, None, (null, null, null), procs,
+                           directory, -1, -1, None, -1, os.getpid())
         took = (time.perf_counter() - began) * 1000
         os.waitpid(pid, 0)
     finally:
-        if fd >= 0:
+        for fd in fds:
             os.close(fd)
         leaf.rmdir()
     return took
 
 
 def rounds(label: str, base: Path, runs: int, env: list[bytes], null: int) -> None:
-    for join in (False, True):
-        times = [spawn_ms(base, join, env, null) for _ in range(runs)]
-        print(f"{label}, {'with' if join else 'without'} the cgroup join: median "
-              f"{statistics.median(times):.2f} ms, max {max(times):.2f} ms ({runs} spawns)")
+    for mode in MODES:
+        if mode == MODES[1] and not _spawn.creates_in_cgroup():
+            print(f"{label}, {mode}: not on this machine (no clone3 with CLONE_INTO_CGROUP)")
+            continue
+        times = [spawn_ms(base, mode, env, null) for _ in range(runs)]
+        print(f"{label}, {mode}: median {statistics.median(times):.2f} ms, "
+              f"max {max(times):.2f} ms ({runs} spawns)")
 
 
 def main() -> None:
@@ -60,7 +75,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
-    runs = max(1, min(args.runs, 40))  # 2 x 2 x runs x 0.5 s stays within the loops' 60 s
+    runs = max(1, min(args.runs, 30))  # 3 x runs x 0.5 s beside the loops: within their 60 s
     tree, why = cgroup.open_tree(f"control-center-bench-{os.getpid()}")
     if tree is None:
         raise SystemExit(f"cgroups cannot be made here: {why}")

@@ -4,5 +4,8 @@ from collections.abc import Sequence
 STEPS: tuple[str, ...]
 
 def spawn(path: str | bytes, argv: Sequence[str | bytes], env: Sequence[str | bytes],
-          cwd: str | bytes | None, fds: tuple[int, int, int], cgroup_fd: int, uid: int,
-          gid: int, groups: Sequence[int] | None, umask: int, parent: int, /) -> int: ...
+          cwd: str | bytes | None, fds: tuple[int, int, int], cgroup_fd: int,
+          cgroup_dir: int, uid: int, gid: int, groups: Sequence[int] | None, umask: int,
+          parent: int, /) -> int: ...
+
+def creates_in_cgroup() -> bool: ...

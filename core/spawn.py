@@ -172,10 +172,18 @@ def _native(path: str, argv: list[str], *, cwd: str | None, env: Mapping[str, st
         fds += [out_r, out_w]
         err_r, err_w = os.pipe()
         fds += [err_r, err_w]
+        cgroup_fd = cgroup_dir = -1
         if cgroup is not None:
-            fds.append(os.open(cgroup, os.O_WRONLY | os.O_CLOEXEC))
-        pid = _spawn.spawn(path, argv, envp, cwd, (fds[0], out_w, err_w),
-                           fds[5] if cgroup is not None else -1,
+            cgroup_fd = os.open(cgroup, os.O_WRONLY | os.O_CLOEXEC)
+            fds.append(cgroup_fd)
+            # Where the kernel can, the child is created in the cgroup, and
+            # is not moved there (core/_spawn.c says why).
+            if _spawn.creates_in_cgroup():
+                cgroup_dir = os.open(os.path.dirname(cgroup),
+                                     os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fds.append(cgroup_dir)
+        pid = _spawn.spawn(path, argv, envp, cwd, (fds[0], out_w, err_w), cgroup_fd,
+                           cgroup_dir,
                            -1 if run_as.uid is None else run_as.uid,
                            -1 if run_as.gid is None else run_as.gid,
                            groups, -1 if umask is None else umask, os.getpid())

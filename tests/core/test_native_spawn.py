@@ -8,17 +8,20 @@ signal dispositions, a step that fails before the exec, and its build.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import sysconfig
+import uuid
 from pathlib import Path
 
 import pytest
 import trio
 
-from core import spawn
+from core import cgroup, spawn
 from core.logs import LogTail
 from core.process import ChildProcess, SpawnError
+from tests import cgroups
 from tests.core.helpers_process import SPAWN_PATHS, choose_spawn_path
 
 pytestmark = pytest.mark.anyio
@@ -124,6 +127,39 @@ def test_a_step_before_the_exec_that_fails_is_named_and_leaves_no_process() -> N
                                          r"No space left on device$"):
         spawn.popen(["sleep", "60"], cwd=None, env=dict(os.environ), cgroup="/dev/full")
     assert _children() <= before  # reaped already: not even a zombie is left
+    from core import _spawn
+
+    # /dev is no cgroup: clone3 refused to create the child in it, and the
+    # write that followed gave the error. The refusal was this cgroup's own,
+    # not the kernel's for clone3: the next child is still created in its cgroup.
+    assert _spawn.creates_in_cgroup() == (platform.machine() == "x86_64")
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64",
+                    reason="created in its cgroup by clone3 on x86-64 only")
+def test_a_child_is_created_in_its_cgroup_not_moved_there() -> None:
+    why = cgroups.why_not()
+    if why is not None:
+        pytest.skip(f"cgroups cannot be made here: {why}")
+    choose_spawn_path("native")
+    from core import _spawn
+
+    tree, _ = cgroup.open_tree(f"control-center-test-{uuid.uuid4().hex[:8]}")
+    assert tree is not None
+    try:
+        leaf = tree.new_run("c", None, None)
+        started = spawn.popen(["cat", "/proc/self/cgroup"], cwd=None, env=dict(os.environ),
+                              cgroup=leaf.procs_file)
+        assert started.stdout is not None and started.stderr is not None
+        with started.stdout, started.stderr:
+            seen = started.stdout.read().decode()
+        assert started.wait(5) == 0
+        assert seen.split("0::")[1].strip().endswith(f"/{tree.base.name}/c/1")
+        # Had the kernel refused clone3 with CLONE_INTO_CGROUP, the child
+        # would have joined by writing cgroup.procs, and this would say so.
+        assert _spawn.creates_in_cgroup()
+    finally:
+        tree.close()
 
 
 @pytest.mark.parametrize(("env", "error"), [
