@@ -38,10 +38,18 @@ class SystemStats:
     cpu_percent: float
     memory_percent: float
     processes: Mapping[int, ProcessStats]
-    #: The pids whose /proc/PID/stat read the same as at the last pass: they
-    #: used less than a clock tick of CPU, and kept their memory.
+    #: The pids whose /proc/PID/stat read the same as at the last pass, or
+    #: that did not run since (StatsReader): they used less than a clock tick
+    #: of CPU, and kept their memory.
     idle: frozenset[int] = frozenset()
 
+
+#: A process of one thread whose run time (/proc/PID/schedstat, a third of the
+#: kernel's work of its stat) did not change since its stat was read did not
+#: run: its figures are the last ones, without reading its stat again, up to
+#: this many passes in a row (a read then catches memory the kernel took back
+#: from a process that slept meanwhile).
+SKIP_READS = 15
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -58,15 +66,17 @@ def cpu_percent(used_seconds: float, elapsed: float) -> float:
     return round(min(MAX_CPU_PERCENT, max(0.0, used_seconds / elapsed * 100)), 1)
 
 
-def parse_stat(data: bytes) -> tuple[int, int, int] | None:
-    """(start time, CPU ticks used, resident pages) from /proc/PID/stat; None for a zombie.
+def parse_stat(data: bytes) -> tuple[int, int, int, int] | None:
+    """(start time, CPU ticks used, resident pages, threads) from /proc/PID/stat;
+    None for a zombie.
 
-    One file has all three (utime, stime: fields 14-15; starttime: 22; rss: 24).
+    One file has them all (utime, stime: fields 14-15; num_threads: 20;
+    starttime: 22; rss: 24).
     """
     fields = data[data.rfind(b")") + 2:].split()
     if not fields or fields[0] == b"Z":
         return None
-    return int(fields[19]), int(fields[11]) + int(fields[12]), int(fields[21])
+    return int(fields[19]), int(fields[11]) + int(fields[12]), int(fields[21]), int(fields[17])
 
 
 def machine_cpu_times(text: bytes) -> tuple[int, int]:
@@ -93,6 +103,25 @@ def memory_used_percent(text: bytes) -> float:
     return (total - values[b"MemAvailable"]) / total * 100 if total else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """What StatsReader keeps of a pid between two passes."""
+
+    text: bytes  # its /proc/PID/stat
+    start: int  # its start time: another one is another process
+    ticks: int  # CPU ticks used
+    mono: float  # when
+    figures: ProcessStats  # its figures if it did not run: no CPU, the same memory
+    ran: bytes | None  # its /proc/PID/schedstat, read just before `text`
+    skipped: int  # passes in a row its stat was not read
+    single: bool  # one thread: schedstat tells whether the process ran
+
+    def again(self, mono: float, skipped: int, ran: bytes | None = None) -> _Sample:
+        """This sample, taken again at `mono` with nothing changed."""
+        return _Sample(self.text, self.start, self.ticks, mono, self.figures,
+                       self.ran if ran is None else ran, skipped, self.single)
+
+
 class StatsReader:
     """Reads process and system figures; remembers each pid's last CPU sample.
 
@@ -101,16 +130,16 @@ class StatsReader:
     another process, and starts over (a kept-open stat file of a process that
     is gone fails to read and is opened afresh: the pid's next owner has
     another start time). A text that did not change since the last pass is
-    not parsed again: the process used no CPU and kept its memory. Not
-    thread-safe: one reader, one thread at a time (the tick awaits each pass
-    before starting the next).
+    not parsed again: the process used no CPU and kept its memory; and a
+    process of one thread that did not run since (SKIP_READS) is not read
+    again at all. Not thread-safe: one reader, one thread at a time (the tick
+    awaits each pass before starting the next).
     """
 
     def __init__(self) -> None:
-        # pid -> (the stat text, start time, CPU ticks, monotonic time, its
-        # figures if nothing changed: no CPU used, the same memory)
-        self._last: dict[int, tuple[bytes, int, int, float, ProcessStats]] = {}
-        # Each child's /proc/PID/stat, kept open (one pread a tick).
+        self._last: dict[int, _Sample] = {}
+        # Each child's /proc/PID/stat, and schedstat for a process of one
+        # thread, kept open (one pread a tick).
         self._files = KeptFiles()
         self._machine = KeptFiles()
         self._cpu = self._machine_cpu()
@@ -127,28 +156,40 @@ class StatsReader:
         memory = memory_used_percent(self._machine.read("/proc/meminfo"))
         return min(100.0, max(0.0, cpu)), memory
 
-    def _stat(self, pid: int) -> bytes | None:
+    def _read(self, path: str) -> bytes | None:
         try:
-            return self._files.read(f"/proc/{pid}/stat")
+            return self._files.read(path)
         except OSError:
             return None
 
     def read(self, pids: Iterable[int]) -> SystemStats:
         last = self._last
+        files = self._files
         now = time.monotonic()
-        seen: dict[int, tuple[bytes, int, int, float, ProcessStats]] = {}
+        seen: dict[int, _Sample] = {}
         out: dict[int, ProcessStats] = {}
         idle = []
         for pid in pids:
-            text = self._stat(pid)
+            before = last.get(pid)
+            # Its run time first: a run between the two reads shows next pass.
+            ran = None
+            if before is None or before.single:
+                ran = self._read(f"/proc/{pid}/schedstat")
+                if (ran is not None and before is not None and ran == before.ran
+                        and before.skipped < SKIP_READS):
+                    files.keep(f"/proc/{pid}/stat")
+                    seen[pid] = before.again(now, before.skipped + 1)
+                    out[pid] = before.figures
+                    idle.append(pid)
+                    continue
+            text = self._read(f"/proc/{pid}/stat")
             if text is None:
                 continue
-            before = last.get(pid)
-            if before is not None and before[0] == text:
+            if before is not None and before.text == text:
                 # Not a byte changed (an idle process): no CPU used, the same
                 # memory, nothing to parse.
-                seen[pid] = (text, before[1], before[2], now, before[4])
-                out[pid] = before[4]
+                seen[pid] = before.again(now, 0, ran)
+                out[pid] = before.figures
                 idle.append(pid)
                 continue
             try:
@@ -157,15 +198,16 @@ class StatsReader:
                 sample = None
             if sample is None:  # a zombie
                 continue
-            start, ticks, pages = sample
+            start, ticks, pages, threads = sample
             cpu = 0.0
-            if before is not None and before[1] == start and now > before[3]:
-                cpu = cpu_percent((ticks - before[2]) / _TICKS, now - before[3])
+            if before is not None and before.start == start and now > before.mono:
+                cpu = cpu_percent((ticks - before.ticks) / _TICKS, now - before.mono)
             memory = round(pages * _PAGE_MB, 1)
-            seen[pid] = (text, start, ticks, now, ProcessStats(0.0, memory))
-            out[pid] = ProcessStats(cpu_percent=cpu, memory_mb=memory)
+            figures = ProcessStats(0.0, memory)
+            seen[pid] = _Sample(text, start, ticks, now, figures, ran, 0, threads == 1)
+            out[pid] = ProcessStats(cpu_percent=cpu, memory_mb=memory) if cpu else figures
         self._last = seen
-        self._files.sweep()
+        files.sweep()
         cpu, memory = self._machine_figures()
         return SystemStats(cpu_percent=round(cpu, 1), memory_percent=round(memory, 1),
                            processes=out, idle=frozenset(idle))

@@ -113,6 +113,71 @@ def test_an_idle_process_uses_no_cpu_and_keeps_its_memory(
     reader.close()
 
 
+# Two threads, both asleep: the leader's run time does not speak for the other.
+TWO_THREADS = ("import threading, time\n"
+               "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+               "print('ready', flush=True)\ntime.sleep(60)")
+
+
+def _reads(reader: StatsReader, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files `reader` reads from now on, as they are read."""
+    reads: list[str] = []
+    real = reader._files.read
+    monkeypatch.setattr(reader._files, "read", lambda path: reads.append(path) or real(path))
+    return reads
+
+
+def test_a_process_of_one_thread_that_did_not_run_is_not_read_until_the_reread(
+        sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import snapshot
+
+    monkeypatch.setattr(snapshot, "SKIP_READS", 3)
+    pid = sleeper.pid
+    _until(lambda: _state(pid) == "S")
+    reader = StatsReader()
+    reads = _reads(reader, monkeypatch)
+    stat, schedstat = f"/proc/{pid}/stat", f"/proc/{pid}/schedstat"
+    first = reader.read([pid])
+    assert reads == [schedstat, stat]
+    for _ in range(3):
+        reads.clear()
+        again = reader.read([pid])
+        assert reads == [schedstat]  # it did not run: its stat is not read
+        assert again.processes == first.processes and again.idle == {pid}
+        assert len(reader._files) == 2  # both stay open
+    reads.clear()
+    assert reader.read([pid]).processes == first.processes
+    assert reads == [schedstat, stat]  # the reread after SKIP_READS
+    # One that ran is read at once: a stop and a continue make it run.
+    os.kill(pid, signal.SIGSTOP)
+    _until(lambda: _state(pid) == "T")
+    reads.clear()
+    reader.read([pid])
+    assert reads == [schedstat, stat]
+    os.kill(pid, signal.SIGCONT)
+    reader.close()
+
+
+def test_a_process_of_several_threads_is_read_every_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", TWO_THREADS], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        reader = StatsReader()
+        reader.read([proc.pid])
+        reads = _reads(reader, monkeypatch)
+        for _ in range(3):
+            reads.clear()
+            assert reader.read([proc.pid]).processes[proc.pid].memory_mb > 0
+            assert reads == [f"/proc/{proc.pid}/stat"]
+        reader.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
 def test_a_busy_process_shows_its_cpu_and_memory_and_a_stopped_one_none(
         spinner: subprocess.Popen[bytes]) -> None:
     reader = StatsReader()
