@@ -266,6 +266,8 @@ class Tree:
 
     def __init__(self, base: Path, controllers: frozenset[str], missing: str | None) -> None:
         self.base = base
+        #: The CPU used by every process in the tree (core.snapshot.StatsReader).
+        self.cpu_stat = str(base / "cpu.stat")
         #: Controllers enabled for the components ("cpu", "memory").
         self.controllers = controllers
         #: Why a wanted controller is not there (None: both are).

@@ -42,6 +42,9 @@ class SystemStats:
     #: that did not run since (StatsReader): they used less than a clock tick
     #: of CPU, and kept their memory.
     idle: frozenset[int] = frozenset()
+    #: No process of the cgroup that holds them all ran since the last pass
+    #: (StatsReader.read's group_cpu): none of their files was read.
+    quiet: bool = False
 
 
 #: A process of one thread whose run time (/proc/PID/schedstat, a third of the
@@ -103,9 +106,9 @@ def memory_used_percent(text: bytes) -> float:
     return (total - values[b"MemAvailable"]) / total * 100 if total else 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Sample:
-    """What StatsReader keeps of a pid between two passes."""
+    """What StatsReader keeps of a pid between two passes (its own: changed in place)."""
 
     text: bytes  # its /proc/PID/stat
     start: int  # its start time: another one is another process
@@ -118,8 +121,11 @@ class _Sample:
 
     def again(self, mono: float, skipped: int, ran: bytes | None = None) -> _Sample:
         """This sample, taken again at `mono` with nothing changed."""
-        return _Sample(self.text, self.start, self.ticks, mono, self.figures,
-                       self.ran if ran is None else ran, skipped, self.single)
+        self.mono = mono
+        self.skipped = skipped
+        if ran is not None:
+            self.ran = ran
+        return self
 
 
 class StatsReader:
@@ -138,6 +144,8 @@ class StatsReader:
 
     def __init__(self) -> None:
         self._last: dict[int, _Sample] = {}
+        # The group cpu.stat of the last pass and its text (read()'s group_cpu).
+        self._group: tuple[str, bytes | None] | None = None
         # Each child's /proc/PID/stat, and schedstat for a process of one
         # thread, kept open (one pread a tick).
         self._files = KeptFiles()
@@ -156,19 +164,63 @@ class StatsReader:
         memory = memory_used_percent(self._machine.read("/proc/meminfo"))
         return min(100.0, max(0.0, cpu)), memory
 
+    def _quiet(self, pids: list[int], group_cpu: str,
+               text: bytes | None) -> dict[int, _Sample] | None:
+        """The samples of `pids` taken again if none of them ran since the last
+        pass (their cgroup's cpu.stat reads the same), each within SKIP_READS;
+        else None."""
+        if text is None or self._group != (group_cpu, text):
+            return None
+        last = self._last
+        quiet = {}
+        for pid in pids:
+            before = last.get(pid)
+            if before is None or before.skipped >= SKIP_READS:
+                return None
+            quiet[pid] = before
+        now = time.monotonic()
+        for sample in quiet.values():
+            sample.again(now, sample.skipped + 1)
+        return quiet
+
     def _read(self, path: str) -> bytes | None:
         try:
             return self._files.read(path)
         except OSError:
             return None
 
-    def read(self, pids: Iterable[int]) -> SystemStats:
+    def read(self, pids: Iterable[int], group_cpu: str | None = None) -> SystemStats:
+        """The figures of `pids` and of the machine.
+
+        group_cpu: the cpu.stat of a cgroup that holds every one of `pids`
+        (core.containment's tree). While its text stays the same, none of
+        them ran: their last figures stand and not one of their files is
+        read, up to SKIP_READS passes in a row for each.
+        """
+        pids = list(pids)
         last = self._last
         files = self._files
         now = time.monotonic()
         seen: dict[int, _Sample] = {}
         out: dict[int, ProcessStats] = {}
         idle = []
+        group_text = None
+        if group_cpu is not None:
+            group_text = self._read(group_cpu)
+            quiet = self._quiet(pids, group_cpu, group_text)
+            self._group = (group_cpu, group_text)
+            if quiet is not None:
+                # No sweep: the files not read in this pass are those of the
+                # next one, and a later sweep closes what that one does not read.
+                self._last = quiet
+                cpu, memory = self._machine_figures()
+                return SystemStats(cpu_percent=round(cpu, 1),
+                                   memory_percent=round(memory, 1),
+                                   processes={pid: sample.figures
+                                              for pid, sample in quiet.items()},
+                                   idle=frozenset(quiet), quiet=True)
+        else:
+            self._group = None
         for pid in pids:
             before = last.get(pid)
             # Its run time first: a run between the two reads shows next pass.

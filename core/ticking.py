@@ -171,7 +171,10 @@ class Ticking:
         # /proc this takes happens only when some child of ours is a zombie.
         try:
             reap_orphans()
-            stats = self._stats.read(pids)
+            # Every child is in the tree of cgroups, if there is one: while its
+            # cpu.stat reads the same, none of them ran, and none is read.
+            tree = self._runner.containment.tree
+            stats = self._stats.read(pids, tree.cpu_stat if tree is not None else None)
             if trees:
                 stats = self._runner.containment.figures(trees, stats)
         except OSError as exc:

@@ -347,3 +347,78 @@ def test_the_process_table_without_a_descriptor_left_is_the_last_one_read() -> N
                          text=True, timeout=30, cwd=os.path.dirname(os.path.dirname(
                              os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.split("\n")[:2] == ["Too many open files", "True"], out.stderr
+
+
+def test_while_no_process_of_the_tree_runs_none_of_their_files_is_read(
+        containment: Containment, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import snapshot
+
+    assert containment.tree is not None
+    if containment.enforced("memory"):
+        pytest.skip("memory.current is read every tick with the memory controller")
+    monkeypatch.setattr(snapshot, "SKIP_READS", 3)
+    procs = [_in_run(containment, cid, "sleep 60") for cid in ("a", "b")]
+    pids = [p.pid for p in procs]
+    group_cpu = containment.tree.cpu_stat
+    reader = StatsReader()
+    reads = _reads(reader, monkeypatch)
+    kept = containment._files
+    real_read = kept.read
+    monkeypatch.setattr(kept, "read", lambda path: reads.append(path) or real_read(path))
+    rows = [("a", pids[0], None), ("b", pids[1], None)]
+    try:
+        for pid in pids:
+            _until(lambda pid=pid: _state(pid) == "S")  # type: ignore[misc]
+
+        def figures() -> tuple[bool, dict[int, ProcessStats]]:
+            stats = reader.read(pids, group_cpu)
+            return stats.quiet, dict(containment.figures(rows, stats).processes)
+
+        full = figures()[1]
+        assert set(full) == set(pids) and all(f.memory_mb > 0 for f in full.values())
+        _until(lambda: figures()[0])  # the tree's cpu.stat read the same twice
+        for _ in range(2):
+            reads.clear()
+            quiet, got = figures()
+            assert quiet and got == full
+            assert reads == [group_cpu]  # the tree's CPU only: not a file of theirs
+        # One of them runs (a stop): the next pass reads them again.
+        os.kill(pids[0], signal.SIGSTOP)
+        _until(lambda: _state(pids[0]) == "T")
+        reads.clear()
+        quiet, got = figures()
+        assert not quiet and set(got) == set(pids)
+        assert f"/proc/{pids[0]}/schedstat" in reads and f"/proc/{pids[0]}/stat" in reads
+        os.kill(pids[0], signal.SIGCONT)
+    finally:
+        reader.close()
+        for cid, proc in zip(("a", "b"), procs, strict=True):
+            containment.tree.group(cid).kill()
+            proc.wait(10)
+
+
+def test_a_quiet_tree_is_read_in_full_after_the_skipped_passes(
+        containment: Containment, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import snapshot
+
+    assert containment.tree is not None
+    monkeypatch.setattr(snapshot, "SKIP_READS", 2)
+    proc = _in_run(containment, "a", "sleep 60")
+    reader = StatsReader()
+    try:
+        _until(lambda: _state(proc.pid) == "S")
+        reader.read([proc.pid], containment.tree.cpu_stat)
+        _until(lambda: reader.read([proc.pid], containment.tree.cpu_stat).quiet)
+        reads = _reads(reader, monkeypatch)
+        passes = []
+        for _ in range(4):
+            reads.clear()
+            passes.append((reader.read([proc.pid], containment.tree.cpu_stat).quiet,
+                           f"/proc/{proc.pid}/stat" in reads))
+        # The pass that was quiet above was the first skipped; one more, then
+        # its stat is read (SKIP_READS = 2), then quiet again.
+        assert passes[:3] == [(True, False), (False, True), (True, False)]
+    finally:
+        reader.close()
+        containment.tree.group("a").kill()
+        proc.wait(10)
