@@ -46,7 +46,10 @@ class Probing:
         """One probe of `comp`: its built-in check on the loop, or its plugin's
         probe hook in a worker thread; bounded by probe_timeout either way."""
         pid = comp.pid
-        if pid is None:
+        if pid is None or comp.probe_busy_since is not None:
+            # Gone, or a probe of it is under way: a probe the tick scheduled
+            # starts a step later, when the start-up probes may have taken it.
+            # Two at once would both log the one change of health they see.
             done.set()
             return
         comp.probe_busy_since = time.monotonic()

@@ -113,3 +113,54 @@ async def test_health_changes_stop_wait_and_the_health_column(tmp_path: Path) ->
     assert waited["state"] == "stopped" and waited["pid"] is None
     assert cli_stop.returncode == 0 and cli_stop.stdout.decode() == "svc: stopped\n", (
         cli_stop.stdout, cli_stop.stderr)
+
+
+class GatedProbe:
+    """A component whose probe hook waits for `gate`, counting its calls."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gate = threading.Event()
+        self.calls = 0
+
+    @hookimpl
+    def start(self, component):
+        return Launch(argv=("sleep", "60"))
+
+    @hookimpl
+    def probe(self, component, pid):
+        self.calls += 1
+        self.gate.wait(10)
+        return Probe()
+
+
+async def test_a_probe_scheduled_while_another_runs_is_not_run(tmp_path: Path) -> None:
+    # The tick schedules a probe a step before it starts; the start-up probes
+    # can take the component meanwhile. Both would log "starting -> healthy".
+    gated = GatedProbe()
+    plugins = PluginManager(load_entry_points=False, extra={"gated": gated})
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\nport = 0\ninterval = 3600\n"
+                    '[components.svc]\nplugin = "gated"\n')
+    config = load(path, plugins=plugins.names, validate=plugins.validate)
+    sup = Supervisor(config, plugins)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        comp = sup._components["svc"]
+        with trio.fail_after(10):
+            while gated.calls < 1:  # the start-up probe, waiting at the gate
+                await trio.sleep(0.01)
+        second = trio.Event()
+        nursery.start_soon(sup._runner.probe, comp, second)
+        with trio.fail_after(10):
+            await second.wait()  # at once: the first one holds the component
+        gated.gate.set()
+        with trio.fail_after(10):
+            while sup.view("svc")["health"] != "healthy":
+                await trio.sleep(0.01)
+        await sup.shutdown()
+        nursery.cancel_scope.cancel()
+    assert gated.calls == 1
+    notes = [ln.text for ln in sup.log("svc").tail(100) if ln.text.startswith("health:")]
+    assert notes == ["health: starting -> healthy"]
