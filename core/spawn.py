@@ -3,8 +3,10 @@
 Three ways, the first that works here (decided once, by starting `true`):
 
 1. The native spawner (`core._spawn`, a C extension built when a compiler
-   is there): clone(CLONE_VM | CLONE_VFORK), then in the child, with system
-   calls only, the session, the cgroup, the descriptors, the working
+   is there): clone(CLONE_VM | CLONE_VFORK), into the cgroup where the
+   kernel can (clone3 with CLONE_INTO_CGROUP, on x86-64), then in the child,
+   with system calls only, the session, the cgroup (unless created in it),
+   the descriptors, the working
    directory, the umask, the user switch, the death signal and the check
    that its parent is still the supervisor, then one exec of the program.
    Nothing but the program itself is ever exec'd.
