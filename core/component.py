@@ -132,6 +132,9 @@ class Component:
         if self.next_restart_at is not None:
             next_in = round(max(0.0, self.next_restart_at - mono), 2)
         cfg = self.cfg
+        # The plain str; .value goes through the enum's descriptor, a Python
+        # call for every component every tick.
+        state = self.state._value_
         if self._deps_of is not cfg:
             # Shared by every snapshot until a reload changes the config; the
             # snapshot is never mutated after it is built.
@@ -140,7 +143,7 @@ class Component:
             assert child is not None
             started = self.started_at
             entry = {
-                "name": cfg.name, "state": self.state.value, "pid": child.pid,
+                "name": cfg.name, "state": state, "pid": child.pid,
                 "uptime": round(mono - started, 1) if started else None,
                 "cpu_percent": cpu, "memory_mb": memory,
                 "error": error, "last_updated": stamp, "plugin": cfg.plugin,
@@ -151,7 +154,7 @@ class Component:
             }
         else:
             entry = {
-                "name": cfg.name, "state": self.state.value, "pid": None, "uptime": None,
+                "name": cfg.name, "state": state, "pid": None, "uptime": None,
                 "cpu_percent": None, "memory_mb": None, "error": error,
                 "last_updated": stamp, "plugin": cfg.plugin, "restarts": self.restarts,
                 "exit_code": self.exit_code, "health": None, "next_restart_in": next_in,

@@ -92,7 +92,6 @@ class Ticking:
 
     async def _measure(self) -> SystemStats:
         """Probe the running components (bounded) and read the process table."""
-        deadline = self._measure_bound()
         done: list[trio.Event] = []
         nursery = self._runner.nursery
         assert nursery is not None
@@ -115,9 +114,10 @@ class Ticking:
             stats = self._read_stats(pids, trees)
         else:
             stats = await trio.to_thread.run_sync(self._read_stats, pids, trees)
-        with trio.move_on_after(deadline):
-            for ev in done:
-                await ev.wait()
+        if done:
+            with trio.move_on_after(self._measure_bound()):
+                for ev in done:
+                    await ev.wait()
         return stats
 
     async def _publish(self, stats: SystemStats) -> dict[str, Any]:
