@@ -63,12 +63,10 @@ def layer_kb(modules: list[str]) -> tuple[int, int]:
 
 
 def running_kb(children: int) -> tuple[int, int]:
+    from core_bench import write_config  # bench/, beside this script
+
     with tempfile.TemporaryDirectory(prefix="cc-memory-") as tmp:
-        lines = ['[server]\nport = 0\ninterval = 2.0\ndata_dir = "data"\nlog_dir = "logs"\n']
-        for i in range(children):
-            lines.append(f'[components.c{i:03d}]\nplugin = "process"\n'
-                         'command = ["sleep", "3600"]\n')
-        Path(tmp, "config.toml").write_text("\n".join(lines))
+        write_config(Path(tmp), children, interval=2.0)
         out = Path(tmp, "out")
         with out.open("wb") as sink:
             proc = subprocess.Popen([sys.executable, "-m", "core", "--config", "config.toml"],

@@ -112,13 +112,13 @@ def main() -> None:
         return
     children = max(1, min(args.children, 1000))
     seconds = max(2.0, min(args.seconds, 600.0))
+    from core_bench import write_config  # bench/, beside this script
+
     with tempfile.TemporaryDirectory(prefix="cc-tick-parts-") as tmp:
-        lines = ['[server]\nport = 0\ninterval = 2.0\ndata_dir = "data"\nlog_dir = "logs"\n'
-                 + ("cgroups = false\n" if args.no_cgroups else "")]
-        for i in range(children):
-            lines.append(f'[components.c{i:03d}]\nplugin = "process"\n'
-                         'command = ["sleep", "3600"]\n')
-        Path(tmp, "config.toml").write_text("\n".join(lines))
+        path = write_config(Path(tmp), children, interval=2.0)
+        if args.no_cgroups:
+            text = path.read_text().replace("port = 0\n", "port = 0\ncgroups = false\n", 1)
+            path.write_text(text)
         proc = subprocess.Popen([sys.executable, __file__, "--serve", "config.toml"], cwd=tmp,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})

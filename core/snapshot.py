@@ -204,7 +204,6 @@ class StatsReader:
         seen: dict[int, _Sample] = {}
         out: dict[int, ProcessStats] = {}
         idle = []
-        group_text = None
         if group_cpu is not None:
             group_text = self._read(group_cpu)
             quiet = self._quiet(pids, group_cpu, group_text)

@@ -6,9 +6,9 @@ Three ways, the first that works here (decided once, by starting `true`):
    is there): clone(CLONE_VM | CLONE_VFORK), into the cgroup where the
    kernel can (clone3 with CLONE_INTO_CGROUP, on x86-64), then in the child,
    with system calls only, the session, the cgroup (unless created in it),
-   the descriptors, the working
-   directory, the umask, the user switch, the death signal and the check
-   that its parent is still the supervisor, then one exec of the program.
+   the descriptors, the working directory, the umask, the user switch, the
+   death signal and the check that its parent is still the supervisor, then
+   one exec of the program.
    Nothing but the program itself is ever exec'd.
 2. util-linux's `setpriv --pdeathsig` (Debian's util-linux is essential):
    the child is `setpriv --pdeathsig KILL -- sh -c CHECK argv...`, started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -119,8 +120,6 @@ class GatedProbe:
     """A component whose probe hook waits for `gate`, counting its calls."""
 
     def __init__(self) -> None:
-        import threading
-
         self.gate = threading.Event()
         self.calls = 0
 
